@@ -1,0 +1,156 @@
+"""Command line: ``python -m clip_search {ingest,search,info,delete} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from clip_search.errors import ClipSearchError
+from clip_search.logs import quiet_third_party
+
+log = logging.getLogger("clip_search")
+
+
+def _engine(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to keep --help fast
+    from clip_search.config import load_config
+    from clip_search.engine import SearchEngine
+
+    if args.model:
+        os.environ["CLIP_SEARCH_MODEL"] = args.model
+    if args.data_dir:
+        os.environ["CLIP_SEARCH_DATA_DIR"] = str(args.data_dir)
+    return SearchEngine(load_config(args.config))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from clip_search.ingest import ingest_folder, ingest_paths
+    from clip_search.samples import sample_files
+
+    if not args.samples and args.path is None:
+        raise ClipSearchError("give a folder to ingest, or --samples for the sample photos")
+    with _engine(args) as engine:
+        if args.samples:
+            samples = sample_files()
+            captions = {path.name: [caption] for path, caption, _ in samples}
+            credits = {path.name: credit for path, _, credit in samples}
+            report = ingest_paths(
+                engine,
+                [path for path, _, _ in samples],
+                captions=captions,
+                extra_metadata=lambda p: {"credit": credits[p.name]},
+                progress=not args.quiet,
+            )
+        else:
+            report = ingest_folder(
+                engine, args.path, recursive=args.recursive, captions_file=args.captions, progress=not args.quiet
+            )
+        total = engine.count()
+    if args.json:
+        print(json.dumps(dict(report.to_dict(), collection_size=total)))
+    else:
+        print(report.summary())
+        print(f"collection: {total} images")
+    return 130 if report.interrupted else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.image is None):
+        raise ClipSearchError('give either a text query ("a dog on a beach") or --image PATH')
+    with _engine(args) as engine:
+        if args.image is not None:
+            try:
+                data = Path(args.image).read_bytes()
+            except OSError as exc:
+                raise ClipSearchError(f"cannot read {args.image}: {exc.strerror or exc}") from exc
+            hits = engine.search_image(data, args.k)
+        else:
+            hits = engine.search_text(args.query, args.k)
+        if not hits and engine.count() == 0:
+            print(
+                "the collection is empty: add photos with `python -m clip_search ingest FOLDER` "
+                "or `python -m clip_search ingest --samples`",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2))
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        prob = "   -  " if hit.probability is None else f"{hit.probability:6.1%}"
+        caption = f"  {hit.caption}" if hit.caption else ""
+        print(f"{rank:3d}. id={hit.id:<6d} score={hit.score:.4f} p={prob}  {hit.source or hit.key}{caption}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _engine(args) as engine:
+        stats = engine.stats()
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _engine(args) as engine:
+        record = engine.delete(args.id)
+    print(f"deleted image {record.id} ({record.key})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clip_search", description="Semantic image search (SigLIP + FAISS)."
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="config file (default: $CLIP_SEARCH_CONFIG or ./config.yaml)"
+    )
+    parser.add_argument("--model", default=None, help="hub id or local directory (overrides model.id)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where catalog, index and local images live")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="index a folder of photos (re-runnable, resumable)")
+    ingest.add_argument("path", nargs="?", type=Path, help="folder (or one file) to ingest")
+    ingest.add_argument("-r", "--recursive", action="store_true", help="include sub-folders")
+    ingest.add_argument("--captions", type=Path, help="COCO captions JSON or image,caption CSV to attach")
+    ingest.add_argument("--samples", action="store_true", help="ingest the sample photos shipped with scikit-image")
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+    ingest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ingest.set_defaults(func=cmd_ingest)
+
+    search = sub.add_parser("search", help="search by text or by image")
+    search.add_argument("query", nargs="?", help="what to look for, in words")
+    search.add_argument("--image", type=Path, help="search with this image instead of text")
+    search.add_argument("-k", type=int, default=None, help="number of results")
+    search.add_argument("--json", action="store_true", help="print results as JSON")
+    search.set_defaults(func=cmd_search)
+
+    info = sub.add_parser("info", help="collection size, model, store")
+    info.set_defaults(func=cmd_info)
+
+    delete = sub.add_parser("delete", help="remove an image (by id) from store, catalog and index")
+    delete.add_argument("id", type=int)
+    delete.set_defaults(func=cmd_delete)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party(level)
+    try:
+        return args.func(args)
+    except ClipSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""All settings in one place: ``config.yaml`` validated into typed models, with environment overrides.
+
+Precedence, highest first: environment variables (``CLIP_SEARCH_MODEL``, ``CLIP_SEARCH_DATA_DIR``, the S3 ones),
+then the YAML file (``CLIP_SEARCH_CONFIG`` or ``./config.yaml``), then the defaults below, which mirror the
+shipped ``config.yaml``. Secrets never live in the YAML: they come from the environment or a ``.env`` file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clip_search.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "google/siglip-base-patch16-224"
+SIGV4_MAX_EXPIRY_S = 7 * 24 * 3600
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    id: str = Field(DEFAULT_MODEL, min_length=1)
+    revision: str | None = None
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_text_tokens: int = Field(64, ge=1, le=512)
+    torch_threads: int = Field(0, ge=0)
+    quantize: Literal["none", "int8"] = "none"
+    warm_up: bool = True
+
+
+class IndexSettings(_Section):
+    catalog_file: str = "catalog.sqlite"
+    index_file: str = "index.faiss"
+    faiss_threads: int = Field(1, ge=0)
+    save_delay_s: float = Field(10.0, ge=0)
+
+
+class S3Settings(_Section):
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    presign_expiry_s: int = Field(3600, ge=1, le=SIGV4_MAX_EXPIRY_S)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=20)
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+
+class StorageSettings(_Section):
+    backend: Literal["auto", "local", "s3"] = "auto"
+    local_dir: str = "images"
+    web_copy_max_side: int = Field(0, ge=0)
+    web_copy_quality: int = Field(90, ge=1, le=100)
+    s3: S3Settings = S3Settings()
+
+
+class SearchSettings(_Section):
+    default_k: int = Field(12, ge=1)
+    max_k: int = Field(100, ge=1)
+    min_probability: float = Field(0.01, ge=0, le=1)
+
+
+class IngestSettings(_Section):
+    decode_workers: int = Field(2, ge=1, le=64)
+    extensions: list[str] = [".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"]
+    max_pixels: int = Field(89_478_485, ge=1)
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lower(cls, value: list[str]) -> list[str]:
+        return [e.lower() if e.startswith(".") else f".{e.lower()}" for e in value]
+
+
+class Settings(_Section):
+    data_dir: Path = Path("data")
+    model: ModelSettings = ModelSettings()
+    index: IndexSettings = IndexSettings()
+    storage: StorageSettings = StorageSettings()
+    search: SearchSettings = SearchSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / self.index.catalog_file
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / self.index.index_file
+
+    @property
+    def local_image_dir(self) -> Path:
+        return self.data_dir / self.storage.local_dir
+
+    @property
+    def storage_backend(self) -> Literal["local", "s3"]:
+        """``auto`` means: S3 when a bucket is configured, the local folder otherwise."""
+        if self.storage.backend == "auto":
+            return "s3" if self.storage.s3.bucket else "local"
+        return self.storage.backend
+
+
+# Environment variable -> dotted setting. Values are validated like the YAML ones.
+ENV_OVERRIDES: dict[str, str] = {
+    "CLIP_SEARCH_MODEL": "model.id",
+    "CLIP_SEARCH_DATA_DIR": "data_dir",
+    "CLIP_SEARCH_DEVICE": "model.device",
+    "S3_BUCKET": "storage.s3.bucket",
+    "S3_ENDPOINT_URL": "storage.s3.endpoint_url",
+    "S3_PREFIX": "storage.s3.prefix",
+    "AWS_DEFAULT_REGION": "storage.s3.region",
+}
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown setting '{key}' (check its spelling and section)")
+        else:
+            got = item.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: invalid setting '{key}': {item['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def default_config_path() -> Path:
+    """``$CLIP_SEARCH_CONFIG`` if set, else ``config.yaml`` in the working directory."""
+    return Path(os.environ.get("CLIP_SEARCH_CONFIG") or "config.yaml")
+
+
+def load_dotenv_once() -> None:
+    """Read ``.env`` from the working directory into the environment, never overriding what is already set."""
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # pragma: no cover - python-dotenv is a hard requirement
+        return
+    load_dotenv(dotenv_path=Path.cwd() / ".env", override=False)
+
+
+def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
+    """Load, override from the environment and validate. Raises :class:`ConfigError` naming the bad key."""
+    if env is None:
+        load_dotenv_once()
+        env = dict(os.environ)
+    explicit = path is not None or bool(env.get("CLIP_SEARCH_CONFIG"))
+    config_path = Path(path) if path is not None else Path(env.get("CLIP_SEARCH_CONFIG") or "config.yaml")
+
+    raw: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: expected a mapping of settings at the top level")
+        raw = loaded
+    elif explicit:
+        raise ConfigError(f"config file not found: {config_path}")
+
+    for var, dotted in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if value:
+            _set_dotted(raw, dotted, value)
+
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(config_path), exc)) from None
+
+    # A relative data_dir in the YAML is relative to the YAML file; one from the environment to the working dir.
+    if not settings.data_dir.is_absolute() and not env.get("CLIP_SEARCH_DATA_DIR"):
+        settings.data_dir = (config_path.resolve().parent / settings.data_dir).resolve()
+    else:
+        settings.data_dir = settings.data_dir.resolve()
+    if settings.search.default_k > settings.search.max_k:
+        raise ConfigError(
+            f"{config_path}: invalid setting 'search.default_k': must not exceed search.max_k "
+            f"({settings.search.default_k} > {settings.search.max_k})"
+        )
+    return settings

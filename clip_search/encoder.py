@@ -1,0 +1,304 @@
+"""Text and image embeddings in one space, from a SigLIP (or CLIP) checkpoint through ``transformers``.
+
+The model is loaded once, lazily, on first use; everything returned is L2-normalised float32 so that a dot
+product is a cosine. ``logit_scale``/``logit_bias`` are exposed so a cosine can be turned into SigLIP's match
+probability ``sigmoid(cos * exp(scale) + bias)``, which is calibrated for image-text pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from clip_search.errors import ClipSearchError, EmptyQueryError
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    """What the engine needs from a model back-end. ``HFEncoder`` is the one shipped."""
+
+    name: str
+
+    @property
+    def input_size(self) -> int: ...
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray: ...
+
+    def probability(self, scores: np.ndarray) -> np.ndarray | None: ...
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _weights_fingerprint(directory: Path) -> str:
+    """Cheap identity of a local checkpoint: its config plus the head and tail of each weight file."""
+    digest = hashlib.sha256()
+    config = directory / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for weights in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with weights.open("rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 1 << 20:
+                fh.seek(max(size - (1 << 20), 1 << 20))
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:12]
+
+
+def model_signature(model_id: str, revision: str | None = None) -> str:
+    """The name under which a catalog records which model made its vectors.
+
+    A hub id is its own name (plus ``@revision``); a local directory is its folder name plus a fingerprint of
+    its files, so two different checkpoints in folders of the same name never pass for each other.
+    """
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return f"{path.resolve().name}#{_weights_fingerprint(path)}"
+    return f"{model_id}@{revision}" if revision else model_id
+
+
+def _pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _features(output: Any) -> Any:
+    """transformers 5 returns a ModelOutput from ``get_*_features``; 4.x returned the tensor itself."""
+    if hasattr(output, "pooler_output"):
+        return output.pooler_output
+    return output
+
+
+class HFEncoder:
+    """SigLIP/CLIP through ``AutoModel``/``AutoProcessor``: a hub id or a local directory."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        batch_size: int = 8,
+        max_text_tokens: int = 64,
+        torch_threads: int = 0,
+        quantize: str = "none",
+    ) -> None:
+        self.model_id = model_id
+        self.revision = revision
+        self.name = model_signature(model_id, revision)
+        self.requested_device = device
+        self.batch_size = batch_size
+        self.max_text_tokens = max_text_tokens
+        self.torch_threads = torch_threads
+        self.quantize = quantize
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._processor: Any = None
+        self._device = "cpu"
+        self._is_siglip = True
+        self._scale: float | None = None
+        self._bias: float | None = None
+        self._text_length = max_text_tokens
+
+    # -- loading -------------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        """Load model and processor (once; thread-safe). Called implicitly by every encode method."""
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            self._load()
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        try:
+            model = AutoModel.from_pretrained(self.model_id, **kwargs)
+            # The PIL backend is SigLIP's reference preprocessing and needs no torchvision.
+            processor = AutoProcessor.from_pretrained(self.model_id, backend="pil", **kwargs)
+        except OSError as exc:
+            raise ClipSearchError(
+                f"cannot load model '{self.model_id}': {exc}\n"
+                "Give a Hugging Face hub id that is in the local cache (or reachable), or a local directory "
+                "holding config.json, the weights and the processor files (set model.id in config.yaml or "
+                "CLIP_SEARCH_MODEL)."
+            ) from exc
+        if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+            raise ClipSearchError(
+                f"model '{self.model_id}' ({type(model).__name__}) is not a dual text/image encoder such as "
+                "SigLIP or CLIP"
+            )
+        self._device = _pick_device(self.requested_device)
+        model = model.to(self._device).eval()
+        if self.quantize == "int8":
+            if self._device != "cpu":
+                log.warning("model.quantize=int8 applies to the CPU only; ignored on %s", self._device)
+            else:
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self._is_siglip = getattr(model.config, "model_type", "") in ("siglip", "siglip2")
+        self._scale = (
+            float(model.logit_scale.detach().float().reshape(-1)[0]) if hasattr(model, "logit_scale") else None
+        )
+        bias = getattr(model, "logit_bias", None)
+        self._bias = float(bias.detach().float().reshape(-1)[0]) if bias is not None else None
+        text_positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+        self._text_length = min(self.max_text_tokens, text_positions or self.max_text_tokens)
+        self._processor = processor
+        self._model = model
+        log.info(
+            "loaded %s on %s in %.1f s (%s)",
+            self.model_id,
+            self._device,
+            time.perf_counter() - started,
+            "SigLIP" if self._is_siglip else type(model).__name__,
+        )
+
+    def warm_up(self) -> None:
+        """One throwaway forward of each tower: transformers 5 maps weights lazily, so the first call is slow."""
+        self.load()
+        self.encode_text(["warm up"])
+        self.encode_pixels(self.preprocess(Image.new("RGB", (self.input_size, self.input_size)))[None])
+
+    # -- facts about the model -------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        self.load()
+        return self._device
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square the vision tower sees (224 for siglip-base-patch16-224)."""
+        self.load()
+        size = getattr(self._processor.image_processor, "size", None)
+        if isinstance(size, int):
+            return size
+        for name in ("height", "shortest_edge"):
+            value = size.get(name) if hasattr(size, "get") else getattr(size, name, None)
+            if value:
+                return int(value)
+        return 224
+
+    @property
+    def logit_scale(self) -> float | None:
+        self.load()
+        return self._scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's learned bias; None for CLIP, whose logits are only meaningful inside a softmax."""
+        self.load()
+        return self._bias
+
+    def probability(self, scores: np.ndarray) -> np.ndarray | None:
+        """SigLIP's image-text match probability for cosine ``scores``; None when the model has no bias (CLIP)."""
+        self.load()
+        if self._scale is None or self._bias is None:
+            return None
+        logits = np.asarray(scores, dtype=np.float64) * np.exp(self._scale) + self._bias
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts, tokenized the way SigLIP was trained: padded to max length, truncated at 64 tokens."""
+        import torch
+
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = [t.strip() if isinstance(t, str) else "" for t in texts]
+        if not texts or any(not t for t in texts):
+            raise EmptyQueryError("the text query is empty: type a few words describing the picture you want")
+        self.load()
+        padding = "max_length" if self._is_siglip else True
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), max(self.batch_size, 32)):
+                chunk = texts[start : start + max(self.batch_size, 32)]
+                inputs = self._processor.tokenizer(
+                    chunk, padding=padding, truncation=True, max_length=self._text_length, return_tensors="pt"
+                )
+                inputs = {k: v.to(self._device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+                if self._is_siglip:
+                    # SigLIP was trained with no attention mask over its padding (pad == eos, pooled from the last
+                    # position); masking the pads would give vectors the image tower was never aligned with.
+                    inputs.pop("attention_mask", None)
+                feats = _features(self._model.get_text_features(**inputs))
+                out.append(feats.float().cpu().numpy())
+        return l2_normalize(np.concatenate(out))
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The model's own processor on one RGB image -> ``pixel_values`` (C, H, W) float32. Thread-safe."""
+        self.load()
+        pixels = self._processor.image_processor(image, return_tensors="np")["pixel_values"]
+        return np.asarray(pixels[0], dtype=np.float32)
+
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Embed a (N, C, H, W) batch of preprocessed images."""
+        import torch
+
+        self.load()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(pixel_values), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(pixel_values[start : start + self.batch_size]))
+                feats = _features(self._model.get_image_features(pixel_values=batch.to(self._device)))
+                out.append(feats.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, 0), dtype=np.float32)
+        return l2_normalize(np.concatenate(out))
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB PIL images (see :func:`clip_search.images.decode_image` for getting them from bytes)."""
+        if not images:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.encode_pixels(np.stack([self.preprocess(img.convert("RGB")) for img in images]))
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for logs and the app header, without loading anything that is not loaded yet."""
+        info: dict[str, Any] = {"model": self.model_id, "signature": self.name}
+        config = Path(self.model_id) / "config.json"
+        if config.exists():
+            info["architecture"] = json.loads(config.read_text()).get("architectures", ["?"])[0]
+        return info

@@ -1,0 +1,403 @@
+"""The engine: what the CLI, the notebooks and the app call. It knows nothing of Gradio.
+
+It ties the pieces together: an :class:`Encoder` for text and images, a :class:`Collection` (catalog + FAISS
+index) and an :class:`ImageStore`. Images enter through :meth:`SearchEngine.prepare` (decode, choose the bytes
+to store, preprocess for the model) and :meth:`SearchEngine.commit` (embed, store, then commit to the catalog).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from clip_search.catalog import Catalog, ImageRecord, NewImage
+from clip_search.collection import Collection
+from clip_search.config import Settings, load_config
+from clip_search.encoder import Encoder, HFEncoder
+from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, NotFoundError
+from clip_search.images import DecodedImage, decode_image, encode_web_copy, sha256_hex, web_format
+from clip_search.index import set_faiss_threads
+from clip_search.store import ImageStore, LocalImageStore, content_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: what it is, how close, and where a browser can fetch it."""
+
+    id: int
+    key: str
+    score: float  # cosine similarity in [-1, 1]
+    probability: float | None  # SigLIP match probability for text queries; None for image queries and CLIP
+    url: str
+    width: int
+    height: int
+    caption: str | None = None
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    added_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PreparedImage:
+    """An image decoded and ready to embed, with the exact bytes that will be stored."""
+
+    data: bytes
+    ext: str
+    content_type: str
+    sha256: str  # of ``data``
+    source_sha256: str  # of the bytes we were given
+    width: int
+    height: int
+    pixels: np.ndarray  # the model's preprocessed input
+    source: str | None = None
+    caption: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return content_key(self.sha256, self.ext)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What happened to one image offered to the collection."""
+
+    status: Literal["added", "duplicate", "rejected"]
+    message: str
+    id: int | None = None
+    key: str | None = None
+    duplicate_of: int | None = None
+    source: str | None = None
+
+
+def make_store(settings: Settings) -> ImageStore:
+    """The configured store: S3 when a bucket is set (or ``storage.backend: s3``), else the local folder."""
+    if settings.storage_backend == "s3":
+        try:
+            from clip_search.store_s3 import S3ImageStore
+        except ImportError as exc:  # pragma: no cover - shipped with the package
+            raise ConfigError(f"S3 storage is configured but unavailable: {exc}") from exc
+        return S3ImageStore.from_settings(settings)
+    return LocalImageStore(settings.local_image_dir)
+
+
+class SearchEngine:
+    """Text-to-image and image-to-image search over one collection."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        encoder: Encoder | None = None,
+        store: ImageStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.encoder: Encoder = encoder or HFEncoder(
+            settings.model.id,
+            revision=settings.model.revision,
+            device=settings.model.device,
+            batch_size=settings.model.batch_size,
+            max_text_tokens=settings.model.max_text_tokens,
+            torch_threads=settings.model.torch_threads,
+            quantize=settings.model.quantize,
+        )
+        self.store = store or make_store(settings)
+        self.store.check()
+        set_faiss_threads(settings.index.faiss_threads)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.collection = Collection(
+            Catalog(settings.catalog_path),
+            settings.index_path,
+            model=self.encoder.name,
+            save_delay_s=settings.index.save_delay_s,
+        )
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **overrides: Any) -> SearchEngine:
+        return cls(load_config(path), **overrides)
+
+    # -- facts --------------------------------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.collection.catalog
+
+    def count(self) -> int:
+        return len(self.collection)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "images": self.count(),
+            "model": self.settings.model.id,
+            "model_signature": self.encoder.name,
+            "dim": self.collection.dim,
+            "store": self.store.describe(),
+            "data_dir": str(self.settings.data_dir),
+        }
+
+    def get(self, image_id: int) -> ImageRecord:
+        record = self.catalog.get(int(image_id))
+        if record is None:
+            raise NotFoundError(f"no image with id {image_id} in the collection")
+        return record
+
+    # -- search ---------------------------------------------------------------------------------------------------
+
+    def _k(self, k: int | None) -> int:
+        if k is None:
+            return self.settings.search.default_k
+        return max(1, min(int(k), self.settings.search.max_k))
+
+    def embed_text(self, query: str) -> np.ndarray:
+        """The query's vector, from a small LRU cache (demo visitors repeat the example queries)."""
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyQueryError("the text query is empty: type a few words describing the picture you want")
+        text = " ".join(query.split())
+        with self._text_cache_lock:
+            cached = self._text_cache.get(text)
+            if cached is not None:
+                self._text_cache.move_to_end(text)
+                return cached
+        vector = self.encoder.encode_text([text])[0]
+        with self._text_cache_lock:
+            self._text_cache[text] = vector
+            while len(self._text_cache) > 512:
+                self._text_cache.popitem(last=False)
+        return vector
+
+    def embed_image(self, image: bytes | str | Path | Image.Image) -> np.ndarray:
+        """The vector of a query image (bytes, a path or a PIL image); the image is never stored."""
+        if isinstance(image, Image.Image):
+            pil = image
+        else:
+            data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
+            pil = self.decode(data).image
+        return self.encoder.encode_pixels(self.encoder.preprocess(pil)[None])[0]
+
+    def search_text(self, query: str, k: int | None = None) -> list[SearchHit]:
+        """Images best matching a text, with SigLIP's match probability."""
+        vector = self.embed_text(query)
+        return self._hits(vector, self._k(k), with_probability=True)
+
+    def search_image(self, image: bytes | str | Path | Image.Image, k: int | None = None) -> list[SearchHit]:
+        """Images most similar to a query image."""
+        return self._hits(self.embed_image(image), self._k(k), with_probability=False)
+
+    def search_similar(self, image_id: int, k: int | None = None) -> list[SearchHit]:
+        """ "More like this": neighbours of an image already in the collection, itself excluded."""
+        vector = self.catalog.embedding(int(image_id))
+        if vector is None:
+            raise NotFoundError(f"no image with id {image_id} in the collection")
+        return self._hits(vector, self._k(k), with_probability=False, exclude=(int(image_id),))
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """Raw top-k (id, cosine) for many query vectors at once (evaluation, batch jobs)."""
+        return self.collection.search(vectors, k)
+
+    def _hits(
+        self, vector: np.ndarray, k: int, *, with_probability: bool, exclude: Sequence[int] = ()
+    ) -> list[SearchHit]:
+        ranked = self.collection.search(vector[None], k, exclude=exclude)[0]
+        if not ranked:
+            return []
+        records = self.catalog.get_many([i for i, _ in ranked])
+        probabilities = self.encoder.probability(np.array([s for _, s in ranked])) if with_probability else None
+        hits = []
+        for rank, (image_id, score) in enumerate(ranked):
+            record = records.get(image_id)
+            if record is None:  # deleted by another process a moment ago
+                continue
+            hits.append(
+                SearchHit(
+                    id=record.id,
+                    key=record.key,
+                    score=round(float(score), 6),
+                    probability=None if probabilities is None else round(float(probabilities[rank]), 6),
+                    url=self.store.url(record.key),
+                    width=record.width,
+                    height=record.height,
+                    caption=record.caption,
+                    source=record.source,
+                    metadata=record.metadata,
+                    added_at=record.added_at,
+                )
+            )
+        return hits
+
+    def is_confident(self, hits: Sequence[SearchHit]) -> bool:
+        """Whether any text hit clears ``search.min_probability`` (else the UI says nothing matched well)."""
+        threshold = self.settings.search.min_probability
+        return any(h.probability is None or h.probability >= threshold for h in hits)
+
+    # -- adding images ------------------------------------------------------------------------------------------
+
+    def decode(self, data: bytes, *, formats: Sequence[str] | None = None) -> DecodedImage:
+        """Decode with this engine's limits; JPEGs decode at reduced scale when that loses nothing the model sees."""
+        return decode_image(
+            data,
+            max_pixels=self.settings.ingest.max_pixels,
+            formats=tuple(formats) if formats else None,
+            draft_side=2 * self.encoder.input_size,
+        )
+
+    def prepare(
+        self,
+        data: bytes,
+        *,
+        source: str | None = None,
+        caption: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        reencode: bool = False,
+        formats: Sequence[str] | None = None,
+    ) -> PreparedImage:
+        """Validate and preprocess one image. Thread-safe, so ingest runs it in a pool beside the model.
+
+        The original bytes are kept when a browser can show them, unless ``reencode`` (uploads: strips all
+        metadata) or ``storage.web_copy_max_side`` asks for a clean or smaller copy.
+        """
+        max_side = self.settings.storage.web_copy_max_side
+        model_side = 2 * self.encoder.input_size
+        if max_side:
+            draft: int | None = max(max_side, model_side)
+        else:
+            draft = None if reencode else model_side  # a full-size re-encoded copy needs every pixel
+        decoded = decode_image(
+            data,
+            max_pixels=self.settings.ingest.max_pixels,
+            formats=tuple(formats) if formats else None,
+            draft_side=draft,
+        )
+        web = web_format(decoded.format)
+        too_big = bool(max_side) and max(decoded.width, decoded.height) > max_side
+        if web is not None and not reencode and not too_big:
+            stored, (ext, content_type) = data, web
+        else:
+            stored, ext, content_type = encode_web_copy(
+                decoded.image, max_side=max_side, quality=self.settings.storage.web_copy_quality
+            )
+        return PreparedImage(
+            data=stored,
+            ext=ext,
+            content_type=content_type,
+            sha256=sha256_hex(stored),
+            source_sha256=sha256_hex(data),
+            width=decoded.width,
+            height=decoded.height,
+            pixels=self.encoder.preprocess(decoded.image),
+            source=source,
+            caption=caption,
+            metadata=dict(metadata or {}),
+        )
+
+    def commit(self, items: Sequence[PreparedImage]) -> list[AddResult]:
+        """Embed, store, then commit to the catalog (the commit point). Store errors propagate untouched."""
+        if not items:
+            return []
+        vectors = self.encoder.encode_pixels(np.stack([item.pixels for item in items]))
+        new: list[tuple[PreparedImage, np.ndarray]] = []
+        results: dict[int, AddResult] = {}
+        seen: dict[str, int] = {}
+        for pos, (item, vector) in enumerate(zip(items, vectors, strict=True)):
+            existing = self.catalog.find_by_sha256(item.sha256) or self.catalog.find_by_sha256(item.source_sha256)
+            if existing is not None:
+                results[pos] = _duplicate(item, existing.id, existing.key)
+                continue
+            if item.sha256 in seen:
+                results[pos] = AddResult("duplicate", "same image twice in one batch", source=item.source)
+                continue
+            seen[item.sha256] = pos
+            self.store.put(item.key, item.data, item.content_type)
+            new.append((item, vector))
+        ids = self.collection.add(
+            [
+                NewImage(
+                    key=item.key,
+                    sha256=item.sha256,
+                    source_sha256=item.source_sha256,
+                    width=item.width,
+                    height=item.height,
+                    embedding=vector,
+                    source=item.source,
+                    caption=item.caption,
+                    metadata=item.metadata,
+                )
+                for item, vector in new
+            ]
+        )
+        for (item, _), new_id in zip(new, ids, strict=True):
+            pos = seen[item.sha256]
+            if new_id is None:  # another process added the same bytes in the meantime
+                existing = self.catalog.find_by_sha256(item.sha256)
+                results[pos] = _duplicate(item, existing.id if existing else None, item.key)
+            else:
+                results[pos] = AddResult("added", "added", id=new_id, key=item.key, source=item.source)
+        return [results[pos] for pos in range(len(items))]
+
+    def add_image(
+        self,
+        data: bytes,
+        *,
+        source: str | None = None,
+        caption: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        reencode: bool = False,
+    ) -> AddResult:
+        """Add one image from its bytes. Invalid images come back as ``rejected`` with the reason."""
+        try:
+            prepared = self.prepare(data, source=source, caption=caption, metadata=metadata, reencode=reencode)
+        except ClipSearchError as exc:
+            if isinstance(exc, (ConfigError,)):
+                raise
+            return AddResult("rejected", str(exc), source=source)
+        return self.commit([prepared])[0]
+
+    def delete(self, image_id: int) -> ImageRecord:
+        """Remove an image from catalog and index (the commit point), then its bytes from the store."""
+        record = self.collection.remove(int(image_id))
+        if record is None:
+            raise NotFoundError(f"no image with id {image_id} in the collection")
+        try:
+            self.store.delete(record.key)
+        except ClipSearchError:
+            log.warning("image %s left in the store under %s; it is no longer indexed", image_id, record.key)
+        return record
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        self.collection.save()
+
+    def close(self) -> None:
+        self.collection.close()
+
+    def __enter__(self) -> SearchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _duplicate(item: PreparedImage, existing_id: int | None, existing_key: str | None) -> AddResult:
+    return AddResult(
+        "duplicate",
+        f"already in the collection as image {existing_id}" if existing_id is not None else "already stored",
+        id=existing_id,
+        key=existing_key,
+        duplicate_of=existing_id,
+        source=item.source,
+    )

@@ -1,0 +1,229 @@
+"""Bulk ingest: walk a folder, skip what the catalog already has, decode in a pool, embed in batches.
+
+Decoding and preprocessing run in worker threads (Pillow and numpy release the GIL) a few batches ahead of
+the model, so the model never waits on JPEG decoding. Each batch is committed to the catalog on its own, so an
+interrupted run keeps what it finished and a re-run picks up where it stopped, with no duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from clip_search.engine import PreparedImage, SearchEngine
+from clip_search.errors import ClipSearchError, InvalidImageError
+from clip_search.images import sha256_hex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What a run did, file by file where it matters."""
+
+    added: int = 0
+    already_indexed: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def seen(self) -> int:
+        return self.added + self.already_indexed + self.duplicates + len(self.failed)
+
+    def summary(self) -> str:
+        rate = self.added / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"added {self.added}, already indexed {self.already_indexed}, duplicates {self.duplicates}, "
+            f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.1f} images/s)"
+            + (" - interrupted: run the same command again to finish" if self.interrupted else "")
+        ]
+        if self.failed:
+            lines.append("skipped files:")
+            lines.extend(f"  {path}: {reason}" for path, reason in self.failed)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "already_indexed": self.already_indexed,
+            "duplicates": self.duplicates,
+            "failed": [{"file": f, "reason": r} for f, r in self.failed],
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+        }
+
+
+def find_images(root: Path, *, recursive: bool, extensions: Sequence[str]) -> list[Path]:
+    """Image files under ``root`` by extension, sorted so runs are repeatable; hidden files are left alone."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ClipSearchError(f"no such folder: {root}")
+    pattern = "**/*" if recursive else "*"
+    wanted = {e.lower() for e in extensions}
+    return sorted(
+        p
+        for p in root.glob(pattern)
+        if p.is_file()
+        and p.suffix.lower() in wanted
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def load_captions(path: Path) -> dict[str, list[str]]:
+    """Captions by image file name, from COCO caption JSON or an ``image,caption`` CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipSearchError(f"captions file not found: {path}")
+    captions: dict[str, list[str]] = {}
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            names = {img["id"]: img["file_name"] for img in data["images"]}
+            for ann in data["annotations"]:
+                name = names.get(ann["image_id"])
+                if name:
+                    captions.setdefault(name, []).append(str(ann["caption"]).strip())
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ClipSearchError(f"{path}: not a COCO captions file ({exc})") from exc
+    else:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+                raise ClipSearchError(f"{path}: expected a CSV with columns 'image' and 'caption'")
+            for row in reader:
+                captions.setdefault(Path(row["image"]).name, []).append(row["caption"].strip())
+    return captions
+
+
+Work = tuple[str, Path, "PreparedImage | str | None"]
+
+
+def ingest_paths(
+    engine: SearchEngine,
+    paths: Iterable[Path],
+    *,
+    captions: dict[str, list[str]] | None = None,
+    extra_metadata: Callable[[Path], dict[str, Any]] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> IngestReport:
+    """Add image files to ``engine``'s collection; safe to interrupt and to run again."""
+    paths = list(paths)
+    report = IngestReport()
+    known = engine.catalog.known_hashes()
+    batch_size = engine.settings.model.batch_size
+    workers = workers or engine.settings.ingest.decode_workers
+    _ = engine.encoder.input_size  # load the model before timing and before the pool starts
+    started = time.perf_counter()
+
+    def work(path: Path) -> Work:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return "failed", path, f"cannot read: {exc.strerror or exc}"
+        if sha256_hex(data) in known:
+            return "known", path, None
+        names = (captions or {}).get(path.name, [])
+        metadata: dict[str, Any] = {"captions": names} if len(names) > 1 else {}
+        if extra_metadata is not None:
+            metadata.update(extra_metadata(path))
+        try:
+            prepared = engine.prepare(data, source=str(path), caption=names[0] if names else None, metadata=metadata)
+        except InvalidImageError as exc:
+            return "failed", path, str(exc)
+        return "ok", path, prepared
+
+    bar = tqdm(total=total or len(paths), desc="ingest", unit="img", disable=not progress, smoothing=0.1)
+    batch: list[PreparedImage] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        for result in engine.commit(batch):
+            if result.status == "added":
+                report.added += 1
+            else:
+                report.duplicates += 1
+        known.update(item.sha256 for item in batch)
+        known.update(item.source_sha256 for item in batch)
+        bar.update(len(batch))
+        bar.set_postfix(added=report.added, failed=len(report.failed), refresh=False)
+        batch.clear()
+
+    window = max(2 * batch_size, 4 * workers)
+    pending: deque[Future[Work]] = deque()
+    queue = iter(paths)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            try:
+                for path in queue:
+                    pending.append(pool.submit(work, path))
+                    if len(pending) >= window:
+                        _collect(pending.popleft().result(), report, batch, bar, known)
+                        if len(batch) >= batch_size:
+                            flush()
+                while pending:
+                    _collect(pending.popleft().result(), report, batch, bar, known)
+                    if len(batch) >= batch_size:
+                        flush()
+                flush()
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    except KeyboardInterrupt:
+        report.interrupted = True
+        log.warning("interrupted: %d images committed; run again to finish", report.added)
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - started
+        engine.save()
+    return report
+
+
+def _collect(result: Work, report: IngestReport, batch: list[PreparedImage], bar: tqdm, known: set[str]) -> None:
+    status, path, payload = result
+    if status == "ok":
+        assert isinstance(payload, PreparedImage)
+        if payload.sha256 in known or any(p.sha256 == payload.sha256 for p in batch):
+            report.duplicates += 1  # same bytes as another file in this run
+            bar.update(1)
+            return
+        batch.append(payload)
+        return
+    if status == "known":
+        report.already_indexed += 1
+    else:
+        report.failed.append((str(path), str(payload)))
+        log.info("skipped %s: %s", path, payload)
+    bar.update(1)
+
+
+def ingest_folder(
+    engine: SearchEngine,
+    root: Path,
+    *,
+    recursive: bool = False,
+    captions_file: Path | None = None,
+    progress: bool = True,
+) -> IngestReport:
+    """``python -m clip_search ingest PATH``: every image file in a folder (and its sub-folders if asked)."""
+    paths = find_images(Path(root), recursive=recursive, extensions=engine.settings.ingest.extensions)
+    captions = load_captions(captions_file) if captions_file else None
+    log.info("found %d image files under %s", len(paths), root)
+    return ingest_paths(engine, paths, captions=captions, progress=progress)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny SigLIP built on the spot, settings pointing at a temporary data dir, shared data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clip_search.config import Settings, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("CLIP_SEARCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_data(name: str) -> Path:
+    """A data set from ../shared/data; skipped where absent (a user's clone), a failure under CI=true."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the shared data set {path} is missing")
+        pytest.skip(f"shared data set {path} not present (see ../shared/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SigLIP, written by the same command users run: python -m clip_search.testing tiny-model."""
+    out = tmp_path_factory.mktemp("models") / "tiny-siglip"
+    subprocess.run(
+        [sys.executable, "-m", "clip_search.testing", "tiny-model", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clip_search.testing import write_tiny_siglip
+
+    return write_tiny_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip", seed=1)
+
+
+def make_settings(data_dir: Path, model_dir: Path, **sections: dict) -> Settings:
+    """Settings as a user's config.yaml would give them, in a private data dir, with the tiny model."""
+    settings = load_config(ROOT / "config.yaml", env={})
+    settings.data_dir = data_dir
+    settings.model.id = str(model_dir)
+    settings.index.save_delay_s = 0
+    for section, values in sections.items():
+        target = getattr(settings, section)
+        for key, value in values.items():
+            setattr(target, key, value)
+    return settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    return make_settings(tmp_path / "data", tiny_model_dir)
+
+
+@pytest.fixture
+def engine(settings: Settings):
+    from clip_search.engine import SearchEngine
+
+    eng = SearchEngine(settings)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
+    """Environment for running the CLI in a subprocess against a private data dir and the tiny model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "CLIP_SEARCH_"))}
+    env.update(
+        CLIP_SEARCH_MODEL=str(tiny_model_dir),
+        CLIP_SEARCH_DATA_DIR=str(tmp_path / "data"),
+        CLIP_SEARCH_CONFIG=str(ROOT / "config.yaml"),
+        PYTHONPATH=str(ROOT),
+    )
+    return env

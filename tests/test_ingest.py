@@ -1,0 +1,167 @@
+"""Ingest -> search round trips on real photos, re-runs, crashes and bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_search.engine import SearchEngine
+from clip_search.ingest import ingest_folder, load_captions
+from tests.conftest import ROOT, shared_data
+
+
+def _catalog_rows(data_dir: Path) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(data_dir / "catalog.sqlite") as conn:
+        return conn.execute("SELECT id, key, sha256 FROM images ORDER BY id").fetchall()
+
+
+def test_every_ingested_photo_finds_itself_first(engine: SearchEngine):
+    folder = shared_data("coco-mini") / "val2017"
+    report = ingest_folder(engine, folder, progress=False)
+    files = sorted(folder.glob("*.jpg"))
+    assert report.added == len(files) and not report.failed
+    assert engine.count() == len(files)
+
+    for path in files:
+        hits = engine.search_image(path.read_bytes(), k=3)
+        assert hits[0].source == str(path), f"{path.name} is not its own top hit"
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert Path(hits[0].url).read_bytes() == path.read_bytes()  # the original is what is served
+
+    again = ingest_folder(engine, folder, progress=False)
+    assert again.added == 0 and again.already_indexed == len(files)
+    assert engine.count() == len(files)
+
+
+def test_text_search_returns_ranked_hits_with_probabilities(engine: SearchEngine):
+    folder = shared_data("coco-mini") / "val2017"
+    captions = shared_data("coco-mini") / "annotations" / "captions_val2017.json"
+    ingest_folder(engine, folder, captions_file=captions, progress=False)
+    hits = engine.search_text("a dog on a beach", k=5)
+    assert len(hits) == 5
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    expected = engine.encoder.probability(np.array(scores))
+    np.testing.assert_allclose([h.probability for h in hits], expected, rtol=1e-4)
+    expected_captions = load_captions(captions)
+    records = engine.catalog.records()
+    captioned = [r for r in records if r.caption]
+    assert len(captioned) == sum(Path(r.source).name in expected_captions for r in records) > 0
+    for record in captioned:
+        assert record.metadata["captions"] == expected_captions[Path(record.source).name]
+        assert record.caption == record.metadata["captions"][0]
+
+
+def test_captions_from_csv_and_coco(tmp_path: Path):
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("image,caption\na.jpg,first\na.jpg,second\nsub/b.jpg,third\n")
+    assert load_captions(csv_file) == {"a.jpg": ["first", "second"], "b.jpg": ["third"]}
+    coco = load_captions(shared_data("coco-mini") / "annotations" / "captions_val2017.json")
+    assert len(coco) == 79 and all(len(v) >= 5 for v in coco.values())  # 79 val2017 photos have captions
+
+
+def test_bad_files_are_reported_and_the_rest_indexed(engine: SearchEngine, tmp_path: Path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[:4]
+    for src in sources:
+        shutil.copy(src, folder / src.name)
+    whole = sources[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    (folder / "notes.jpg").write_text("this is a text file, not a photo\n")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+
+    report = ingest_folder(engine, folder, progress=False)
+    assert report.added == 4
+    reasons = dict((Path(f).name, r) for f, r in report.failed)
+    assert set(reasons) == {"truncated.jpg", "notes.jpg", "empty.jpg"}
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not a supported image format" in reasons["notes.jpg"]
+    assert "empty" in reasons["empty.jpg"]
+    summary = report.summary()
+    for name in reasons:
+        assert name in summary
+
+
+def test_same_bytes_under_two_names_are_stored_once(engine: SearchEngine, tmp_path: Path):
+    src = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[0]
+    folder = tmp_path / "dupes"
+    folder.mkdir()
+    shutil.copy(src, folder / "a.jpg")
+    shutil.copy(src, folder / "b.jpg")
+    report = ingest_folder(engine, folder, progress=False)
+    assert (report.added, report.duplicates) == (1, 1)
+    assert len(list(engine.store.list_keys())) == 1
+
+
+def test_non_web_formats_are_stored_as_jpeg(engine: SearchEngine, tmp_path: Path):
+    src = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[0]
+    folder = tmp_path / "tiff"
+    folder.mkdir()
+    Image.open(src).save(folder / "scan.tif", format="TIFF")
+    ingest_folder(engine, folder, progress=False)
+    (key,) = list(engine.store.list_keys())
+    assert key.endswith(".jpg")
+    assert Image.open(io.BytesIO(engine.store.get(key))).format == "JPEG"
+
+
+def test_killed_ingest_resumes_to_exactly_the_full_set(cli_env: dict[str, str], tmp_path: Path):
+    folder = shared_data("coco-mini") / "val2017"
+    total = len(list(folder.glob("*.jpg")))
+    data_dir = Path(cli_env["CLIP_SEARCH_DATA_DIR"])
+    config = tmp_path / "small-batches.yaml"
+    config.write_text("model:\n  batch_size: 2\ningest:\n  decode_workers: 1\n")
+    env = dict(cli_env, CLIP_SEARCH_CONFIG=str(config))
+    cmd = [sys.executable, "-m", "clip_search", "ingest", str(folder), "--quiet"]
+
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (data_dir / "catalog.sqlite").exists():
+            try:
+                committed = len(_catalog_rows(data_dir))
+            except sqlite3.OperationalError:
+                committed = 0
+            if committed >= 20:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ingest finished before it could be killed: {proc.stderr.read().decode()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _catalog_rows(data_dir)
+    assert 20 <= len(partial) < total
+
+    done = subprocess.run([*cmd, "--json"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["already_indexed"] >= len(partial)
+    rows = _catalog_rows(data_dir)
+    assert len(rows) == total
+    assert len({sha for _, _, sha in rows}) == total
+    assert rows[: len(partial)] == partial  # nothing committed before the kill was lost or rewritten
+    images = data_dir / "images"
+    assert all((images / key.removeprefix("images/")).is_file() for _, key, _ in rows)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "clip_search", "search", "--image", str(sorted(folder.glob("*.jpg"))[-1]), "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    hits = json.loads(out.stdout)
+    assert hits[0]["source"] == str(sorted(folder.glob("*.jpg"))[-1])
