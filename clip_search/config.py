@@ -87,6 +87,24 @@ class IngestSettings(_Section):
         return [e.lower() if e.startswith(".") else f".{e.lower()}" for e in value]
 
 
+class UploadSettings(_Section):
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_files: int = Field(20, ge=1)
+    formats: list[Literal["JPEG", "PNG", "WEBP", "HEIF", "GIF", "BMP", "TIFF"]] = ["JPEG", "PNG", "WEBP", "HEIF"]
+    keep_metadata: bool = False
+    max_caption_chars: int = Field(500, ge=0)
+    near_duplicate_threshold: float = Field(0.97, gt=0, le=1)
+    near_duplicate_action: Literal["reject", "add"] = "reject"
+
+
+class RateLimitSettings(_Section):
+    searches_per_minute: int = Field(60, ge=0)
+    uploads_per_minute: int = Field(10, ge=0)
+    trusted_proxy_header: str | None = None
+    trusted_proxy_hops: int = Field(1, ge=1)
+
+
 class Settings(_Section):
     data_dir: Path = Path("data")
     model: ModelSettings = ModelSettings()
@@ -94,6 +112,8 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
+    upload: UploadSettings = UploadSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
     @property
     def catalog_path(self) -> Path:

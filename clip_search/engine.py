@@ -22,7 +22,7 @@ from clip_search.catalog import Catalog, ImageRecord, NewImage
 from clip_search.collection import Collection
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
-from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, NotFoundError
+from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, InvalidImageError, NotFoundError
 from clip_search.images import DecodedImage, decode_image, encode_web_copy, sha256_hex, web_format
 from clip_search.index import set_faiss_threads
 from clip_search.store import ImageStore, LocalImageStore, content_key
@@ -264,6 +264,7 @@ class SearchEngine:
         metadata: dict[str, Any] | None = None,
         reencode: bool = False,
         formats: Sequence[str] | None = None,
+        max_pixels: int | None = None,
     ) -> PreparedImage:
         """Validate and preprocess one image. Thread-safe, so ingest runs it in a pool beside the model.
 
@@ -278,7 +279,7 @@ class SearchEngine:
             draft = None if reencode else model_side  # a full-size re-encoded copy needs every pixel
         decoded = decode_image(
             data,
-            max_pixels=self.settings.ingest.max_pixels,
+            max_pixels=max_pixels or self.settings.ingest.max_pixels,
             formats=tuple(formats) if formats else None,
             draft_side=draft,
         )
@@ -288,7 +289,10 @@ class SearchEngine:
             stored, (ext, content_type) = data, web
         else:
             stored, ext, content_type = encode_web_copy(
-                decoded.image, max_side=max_side, quality=self.settings.storage.web_copy_quality
+                decoded.image,
+                max_side=max_side,
+                quality=self.settings.storage.web_copy_quality,
+                lossless=decoded.format == "PNG",
             )
         return PreparedImage(
             data=stored,
@@ -304,11 +308,18 @@ class SearchEngine:
             metadata=dict(metadata or {}),
         )
 
-    def commit(self, items: Sequence[PreparedImage]) -> list[AddResult]:
-        """Embed, store, then commit to the catalog (the commit point). Store errors propagate untouched."""
+    def embed(self, items: Sequence[PreparedImage]) -> np.ndarray:
+        return self.encoder.encode_pixels(np.stack([item.pixels for item in items]))
+
+    def commit(self, items: Sequence[PreparedImage], vectors: np.ndarray | None = None) -> list[AddResult]:
+        """Embed (unless given), store, then commit to the catalog (the commit point).
+
+        Store errors propagate untouched; nothing reaches the catalog for an image whose bytes were not stored.
+        """
         if not items:
             return []
-        vectors = self.encoder.encode_pixels(np.stack([item.pixels for item in items]))
+        if vectors is None:
+            vectors = self.embed(items)
         new: list[tuple[PreparedImage, np.ndarray]] = []
         results: dict[int, AddResult] = {}
         seen: dict[str, int] = {}
@@ -365,6 +376,90 @@ class SearchEngine:
                 raise
             return AddResult("rejected", str(exc), source=source)
         return self.commit([prepared])[0]
+
+    def upload(self, data: bytes, *, filename: str | None = None, caption: str | None = None) -> AddResult:
+        """A visitor's photo: validated under the ``upload`` limits, re-encoded without metadata, de-duplicated.
+
+        Never raises for bad input: a refused file comes back as ``rejected`` with a reason a person can read.
+        Nothing of a rejected file is stored anywhere.
+        """
+        limits = self.settings.upload
+        name = Path(filename).name if filename else "upload"
+        if len(data) > limits.max_bytes:
+            return AddResult(
+                "rejected",
+                f"{name}: file too large ({len(data) / 2**20:.1f} MiB; "
+                f"the limit is {limits.max_bytes / 2**20:.0f} MiB)",
+                source=name,
+            )
+        text = " ".join((caption or "").split())[: limits.max_caption_chars] or None
+        try:
+            prepared = self.prepare(
+                data,
+                source="upload",
+                caption=text,
+                metadata={"filename": name},
+                reencode=not limits.keep_metadata,
+                formats=limits.formats,
+                max_pixels=limits.max_pixels,
+            )
+        except InvalidImageError as exc:
+            return AddResult("rejected", f"{name}: {exc}", source=name)
+        existing = self.catalog.find_by_sha256(prepared.sha256) or self.catalog.find_by_sha256(prepared.source_sha256)
+        if existing is not None:
+            return AddResult(
+                "duplicate",
+                f"{name}: already in the collection as image {existing.id}",
+                id=existing.id,
+                key=existing.key,
+                duplicate_of=existing.id,
+                source=name,
+            )
+        vector = self.embed([prepared])
+        nearest = self.collection.search(vector, 1)[0]
+        near = nearest[0] if nearest and nearest[0][1] >= limits.near_duplicate_threshold else None
+        if near is not None and limits.near_duplicate_action == "reject":
+            return AddResult(
+                "rejected",
+                f"{name}: near duplicate of image {near[0]} (similarity {near[1]:.3f}); not added",
+                duplicate_of=near[0],
+                source=name,
+            )
+        result = self.commit([prepared], vectors=vector)[0]
+        if result.status == "added":
+            note = f" (near duplicate of image {near[0]}, similarity {near[1]:.3f})" if near else ""
+            result = AddResult(
+                "added",
+                f"{name}: added as image {result.id}{note}",
+                id=result.id,
+                key=result.key,
+                duplicate_of=near[0] if near else None,
+                source=name,
+            )
+        else:
+            result = AddResult(
+                result.status,
+                f"{name}: {result.message}",
+                id=result.id,
+                key=result.key,
+                duplicate_of=result.duplicate_of,
+                source=name,
+            )
+        return result
+
+    def upload_many(self, files: Sequence[tuple[str | None, bytes]], *, caption: str | None = None) -> list[AddResult]:
+        """Several uploads in one request, at most ``upload.max_files``; each file gets its own result."""
+        limit = self.settings.upload.max_files
+        results = [self.upload(data, filename=name, caption=caption) for name, data in files[:limit]]
+        results.extend(
+            AddResult(
+                "rejected",
+                f"{Path(name).name if name else 'upload'}: too many files in one request (at most {limit})",
+                source=name,
+            )
+            for name, _ in files[limit:]
+        )
+        return results
 
     def delete(self, image_id: int) -> ImageRecord:
         """Remove an image from catalog and index (the commit point), then its bytes from the store."""

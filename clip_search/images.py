@@ -135,17 +135,25 @@ def decode_image(
     return DecodedImage(image=rgb, format=source_format, width=width, height=height, frames=frames)
 
 
-def encode_web_copy(image: Image.Image, *, max_side: int = 0, quality: int = 90) -> tuple[bytes, str, str]:
-    """Re-encode pixels for the browser, with no metadata: JPEG, or PNG when the picture is tiny.
+def encode_web_copy(
+    image: Image.Image, *, max_side: int = 0, quality: int = 90, lossless: bool = False
+) -> tuple[bytes, str, str]:
+    """Re-encode pixels for the browser with no metadata at all (no EXIF, GPS, ICC, XMP, text chunks).
 
-    Returns (bytes, extension, content type). ``max_side`` > 0 shrinks the longer side to at most that.
+    JPEG, or PNG when ``lossless`` (the source was lossless: screenshots, drawings). The same pixels always give
+    the same bytes, so the hash of a copy identifies its pixels. Returns (bytes, extension, content type);
+    ``max_side`` > 0 shrinks the longer side to at most that.
     """
     img = image.convert("RGB")
     if max_side and max(img.size) > max_side:
         img = img.copy()
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    clean = Image.frombytes("RGB", img.size, img.tobytes())  # pixels only: nothing of img.info survives
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    if lossless:
+        clean.save(buf, format="PNG", optimize=False, compress_level=6)
+        return buf.getvalue(), "png", "image/png"
+    clean.save(buf, format="JPEG", quality=quality, optimize=True)
     return buf.getvalue(), "jpg", "image/jpeg"
 
 
