@@ -405,19 +405,16 @@ class SearchEngine:
             )
         except InvalidImageError as exc:
             return AddResult("rejected", f"{name}: {exc}", source=name)
-        existing = self.catalog.find_by_sha256(prepared.sha256) or self.catalog.find_by_sha256(prepared.source_sha256)
+        existing = self._exact_duplicate(prepared, name)
         if existing is not None:
-            return AddResult(
-                "duplicate",
-                f"{name}: already in the collection as image {existing.id}",
-                id=existing.id,
-                key=existing.key,
-                duplicate_of=existing.id,
-                source=name,
-            )
+            return existing
         vector = self.embed([prepared])
         nearest = self.collection.search(vector, 1)[0]
         near = nearest[0] if nearest and nearest[0][1] >= limits.near_duplicate_threshold else None
+        if near is not None:
+            existing = self._exact_duplicate(prepared, name)  # the same photo may have landed meanwhile
+            if existing is not None:
+                return existing
         if near is not None and limits.near_duplicate_action == "reject":
             return AddResult(
                 "rejected",
@@ -446,6 +443,19 @@ class SearchEngine:
                 source=name,
             )
         return result
+
+    def _exact_duplicate(self, prepared: PreparedImage, name: str) -> AddResult | None:
+        existing = self.catalog.find_by_sha256(prepared.sha256) or self.catalog.find_by_sha256(prepared.source_sha256)
+        if existing is None:
+            return None
+        return AddResult(
+            "duplicate",
+            f"{name}: already in the collection as image {existing.id}",
+            id=existing.id,
+            key=existing.key,
+            duplicate_of=existing.id,
+            source=name,
+        )
 
     def upload_many(self, files: Sequence[tuple[str | None, bytes]], *, caption: str | None = None) -> list[AddResult]:
         """Several uploads in one request, at most ``upload.max_files``; each file gets its own result."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -97,13 +98,16 @@ def decode_image(
     _register_heif()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own, lower limit is checked below from the header, with the image's size in the message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(formats) if formats else None)
     except UnidentifiedImageError:
         allowed = f" (accepted: {', '.join(formats)})" if formats else ""
         raise InvalidImageError(f"not a supported image format{allowed}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"image too large: {exc}") from None
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's limit: refused at open
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+        raise InvalidImageError(f"image too large: {size} (limit {max_pixels / 1e6:.1f})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"unreadable image: {exc}") from None
 
@@ -120,12 +124,12 @@ def decode_image(
         if draft_side and source_format in ("JPEG", "MPO"):
             img.draft("RGB", (draft_side, draft_side))
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size was checked above
             img.load()
         oriented = ImageOps.exif_transpose(img)
         rgb = _to_rgb(oriented)
         rgb.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or exc.__class__.__name__
         if "truncated" in reason.lower():
             raise InvalidImageError("truncated image: the file ends before the picture does") from None
