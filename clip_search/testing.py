@@ -127,8 +127,13 @@ def write_tiny_siglip(
     patch_size: int = 16,
     hidden_size: int = 64,
     seed: int = 0,
+    base_architecture: bool = False,
 ) -> Path:
-    """Write a tiny random SigLIP checkpoint to ``out_dir`` and return the directory."""
+    """Write a tiny random SigLIP checkpoint to ``out_dir`` and return the directory.
+
+    ``base_architecture`` writes the full siglip-base-patch16-224 shapes instead (768-d, 12+12 layers, random
+    weights): useless for retrieval, exactly as fast as the real model, so speed can be measured offline.
+    """
     import torch
     from transformers import SiglipConfig, SiglipModel, SiglipProcessor, SiglipTokenizer
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
@@ -140,27 +145,27 @@ def write_tiny_siglip(
         tokenizer = SiglipTokenizer(vocab_file=str(spiece), model_max_length=64)
         vocab_size = tokenizer.vocab_size
 
-        config = SiglipConfig(
-            text_config={
-                "vocab_size": vocab_size,
-                "hidden_size": hidden_size,
-                "intermediate_size": hidden_size * 2,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "max_position_embeddings": 64,
-                "pad_token_id": 1,
-                "eos_token_id": 1,
-                "bos_token_id": None,
-            },
-            vision_config={
-                "hidden_size": hidden_size,
-                "intermediate_size": hidden_size * 2,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "image_size": image_size,
-                "patch_size": patch_size,
-            },
-        )
+        text_config: dict = {
+            "vocab_size": vocab_size,
+            "max_position_embeddings": 64,
+            "pad_token_id": 1,
+            "eos_token_id": 1,
+            "bos_token_id": None,
+        }
+        if base_architecture:  # SiglipConfig's defaults are siglip-base-patch16-224's shapes
+            config = SiglipConfig(text_config=text_config, vision_config={"image_size": 224, "patch_size": 16})
+        else:
+            small = {"hidden_size": hidden_size, "intermediate_size": hidden_size * 2}
+            config = SiglipConfig(
+                text_config={**text_config, **small, "num_hidden_layers": 2, "num_attention_heads": 2},
+                vision_config={
+                    **small,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "image_size": image_size,
+                    "patch_size": patch_size,
+                },
+            )
         torch.manual_seed(seed)
         model = SiglipModel(config).eval()
         with torch.no_grad():
@@ -172,7 +177,7 @@ def write_tiny_siglip(
         image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
         processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
         processor.save_pretrained(out)
-    log.info("wrote tiny SigLIP (%d-d, %dpx) to %s", hidden_size, image_size, out)
+    log.info("wrote %s SigLIP (%dpx) to %s", "base-size random" if base_architecture else "tiny", image_size, out)
     return out
 
 
@@ -183,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--image-size", type=int, default=224)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--base-architecture",
+        action="store_true",
+        help="full siglip-base-patch16-224 shapes with random weights (for speed measurements)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "tiny-model":
-        path = write_tiny_siglip(args.dir, image_size=args.image_size, seed=args.seed)
+        path = write_tiny_siglip(
+            args.dir, image_size=args.image_size, seed=args.seed, base_architecture=args.base_architecture
+        )
         print(path)
     return 0
 

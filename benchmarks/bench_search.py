@@ -1,0 +1,75 @@
+"""Single-query search latency: FAISS with 1 vs 2 threads, and numpy, on random unit vectors.
+
+    python benchmarks/bench_search.py [--n 10000 100000] [--dim 768] [--queries 200]
+
+Prints median latencies; the engine uses one FAISS thread per request (index.faiss_threads) because of
+what this shows on a 2-core machine. Figures drift between runs: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import faiss
+import numpy as np
+
+from clip_search.index import VectorIndex
+
+
+def _median_ms(fn, queries: np.ndarray) -> float:
+    for q in queries[:10]:
+        fn(q)
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        fn(q)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(
+        f"{'vectors':>9} {'faiss 1 thr':>12} {'faiss 2 thr':>12} {'numpy':>9} {'batch32 1thr':>13} {'batch32 2thr':>13}"
+    )
+    for n in args.n:
+        xb = rng.standard_normal((n, args.dim), dtype=np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        index = VectorIndex(args.dim)
+        index.add(np.arange(1, n + 1), xb)
+
+        def faiss_one(q: np.ndarray, index: VectorIndex = index) -> None:
+            index.search(q[None], args.k)
+
+        def numpy_one(q: np.ndarray, xb: np.ndarray = xb) -> None:
+            scores = xb @ q
+            top = np.argpartition(-scores, args.k)[: args.k]
+            top[np.argsort(-scores[top])]
+
+        row = []
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            row.append(_median_ms(faiss_one, queries))
+        row.append(_median_ms(numpy_one, queries))
+        batch = queries[:32]
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            start = time.perf_counter()
+            for _ in range(5):
+                index.search(batch, args.k)
+            row.append((time.perf_counter() - start) / 5 * 1000)
+        print(f"{n:>9} {row[0]:>10.2f}ms {row[1]:>10.2f}ms {row[2]:>7.2f}ms {row[3]:>11.1f}ms {row[4]:>11.1f}ms")
+
+
+if __name__ == "__main__":
+    main()
