@@ -337,6 +337,24 @@ class Catalog:
             yield ids, vectors
             last = int(ids[-1])
 
+    def all_ids(self) -> set[int]:
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT id FROM images")}
+
+    def embeddings_for(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the given rows that exist, in id order."""
+        placeholders = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id, embedding FROM images WHERE id IN ({placeholders}) ORDER BY id", [int(i) for i in ids]
+            ).fetchall()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return (
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32, copy=False),
+        )
+
     def count_up_to(self, max_id: int) -> int:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM images WHERE id <= ?", (max_id,)).fetchone()[0]

@@ -115,21 +115,46 @@ class Collection:
         return added
 
     def refresh(self) -> None:
-        """Pick up commits made by other processes since we last looked (cheap when there are none)."""
-        version = self.catalog.data_version()
-        if version == self._data_version:
+        """Pick up commits made by other processes since we last looked (cheap when there are none).
+
+        ``PRAGMA data_version`` only moves when another connection commits. Ids from two writers interleave, so
+        the index is reconciled by id set, not by "everything above the highest id we have".
+        """
+        if self.catalog.data_version() == self._data_version:
             return
         with self._lock.write():
             self._data_version = self.catalog.data_version()
             state = self.catalog.state()
-            if state.uid != self._synced.uid or state.deletions != self._synced.deletions or state.count < len(self):
+            if state.uid != self._synced.uid or self._index is None or (state.dim and state.dim != self._index.dim):
                 self._rebuild(state)
-            elif state.max_id > self._synced.max_id:
-                added = self._append_new_rows(state)
-                log.info("picked up %d images added by another process", added)
             else:
-                return
+                added, removed = self._reconcile(state)
+                if not (added or removed):
+                    return
+                log.info("picked up changes by another process: %d added, %d removed", added, removed)
         self._mark_dirty()
+
+    def _reconcile(self, state: CatalogState) -> tuple[int, int]:
+        """Make the index hold exactly the catalog's ids. Caller holds the write lock."""
+        assert self._index is not None
+        have = set(self._index.ids().tolist())
+        want = self.catalog.all_ids()
+        missing = sorted(want - have)
+        extra = sorted(have - want)
+        if extra:
+            self._index.remove(np.array(extra, dtype=np.int64))
+        for start in range(0, len(missing), 4096):
+            ids, vectors = self.catalog.embeddings_for(missing[start : start + 4096])
+            self._index.add(ids, vectors)
+        self._synced = CatalogState(
+            uid=state.uid,
+            model=state.model,
+            dim=self._index.dim,
+            count=len(self._index),
+            max_id=max(self._synced.max_id, state.max_id),
+            deletions=state.deletions,
+        )
+        return len(missing), len(extra)
 
     # -- reads ------------------------------------------------------------------------------------------------
 
@@ -184,7 +209,6 @@ class Collection:
                     max_id=max(state.max_id, max(i for i, _ in new)),
                     deletions=state.deletions,
                 )
-                self._data_version = self.catalog.data_version()
         if any(i is not None for i in ids):
             self._mark_dirty()
         return ids
@@ -203,7 +227,6 @@ class Collection:
                     max_id=state.max_id,
                     deletions=state.deletions + 1,
                 )
-            self._data_version = self.catalog.data_version()
         if record is not None:
             self._mark_dirty()
         return record

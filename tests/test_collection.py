@@ -141,3 +141,25 @@ def test_collection_search_excludes_and_orders(tmp_path: Path):
     (without,) = collection.search(vectors[7:8], 5, exclude=[8])
     assert [i for i, _ in without] == [*expected[1:].tolist(), int(np.argsort(-(vectors @ vectors[7]))[5] + 1)]
     collection.close()
+
+
+def test_interleaved_writers_both_see_everything(settings):
+    """Two processes adding in turns get interleaved ids; each one's next search sees all of them."""
+    photos = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[:6]
+    a, b = SearchEngine(settings), SearchEngine(settings)
+    try:
+        added = {}
+        for i, path in enumerate(photos):
+            writer = a if i % 2 == 0 else b
+            added[path] = writer.add_image(path.read_bytes(), source=str(path)).id
+        for engine in (a, b):
+            for path, image_id in added.items():
+                assert engine.search_image(path.read_bytes(), k=1)[0].id == image_id
+            assert engine.count() == 6
+        victim = added[photos[0]]
+        b.delete(victim)
+        assert victim not in [h.id for h in a.search_image(photos[0].read_bytes(), k=10)]
+        assert a.count() == 5
+    finally:
+        a.close()
+        b.close()
