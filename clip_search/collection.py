@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clip_search.catalog import Catalog, CatalogState, ImageRecord, NewImage
-from clip_search.index import IndexHeader, RWLock, VectorIndex, load_index, save_index
+from clip_search.index import IndexHeader, RWLock, VectorIndex, load_index, remove_stale_temp_files, save_index
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Collection:
         self._timer: threading.Timer | None = None
         self._dirty = False
         catalog.check_model(model)
+        remove_stale_temp_files(self.index_path.parent)
         self._index: VectorIndex | None = None
         self._synced = CatalogState(uid="", model=None, dim=None, count=0, max_id=0, deletions=0)
         self._data_version = catalog.data_version()

@@ -14,6 +14,7 @@ import os
 import struct
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,6 +112,25 @@ def atomic_write(path: Path, chunks: list[bytes]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temp_files(folder: Path, *, older_than_s: float = 3600.0, recursive: bool = False) -> int:
+    """Delete what :func:`atomic_write` left behind when a process died mid-write (only old ones: another
+    process may be writing right now). Returns how many were removed."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for tmp in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d temporary files left by an interrupted write in %s", removed, folder)
+    return removed
 
 
 def save_index(path: Path, index: VectorIndex, header: IndexHeader) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clip_search.errors import NotFoundError, StorageError
-from clip_search.index import atomic_write
+from clip_search.index import atomic_write, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class LocalImageStore(ImageStore):
             raise StorageError(f"cannot create the image folder {self.root}: {exc.strerror or exc}") from exc
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"the image folder {self.root} is not writable")
+        remove_stale_temp_files(self.root, recursive=True)
 
     def describe(self) -> str:
         return f"local folder {self.root}"

@@ -163,3 +163,26 @@ def test_interleaved_writers_both_see_everything(settings):
     finally:
         a.close()
         b.close()
+
+
+def test_leftovers_of_a_crashed_write_are_cleaned_up(filled: SearchEngine):
+    import os
+    import time
+
+    settings = filled.settings
+    filled.close()
+    old = time.time() - 7200
+    leftovers = [settings.data_dir / ".index.faiss.abc.tmp", settings.local_image_dir / "ab" / ".x.jpg.def.tmp"]
+    fresh = settings.data_dir / ".index.faiss.new.tmp"  # may belong to a process writing right now
+    for path in [*leftovers, fresh]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    for path in leftovers:
+        os.utime(path, (old, old))
+    reopened = SearchEngine(settings)
+    try:
+        assert not any(p.exists() for p in leftovers)
+        assert fresh.exists()
+        assert reopened.count() == 24
+    finally:
+        reopened.close()
