@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="remove an image (by id) from store, catalog and index")
     delete.add_argument("id", type=int)
     delete.set_defaults(func=cmd_delete)
+    from clip_search.cli_storage import add_commands as add_storage_commands
+
+    add_storage_commands(sub)  # storage init|check|sync
     return parser
 
 

@@ -55,6 +55,7 @@ class S3Settings(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=20)
+    snapshot_delay_s: float = Field(30.0, ge=0)
 
     @field_validator("prefix")
     @classmethod

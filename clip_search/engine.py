@@ -25,6 +25,7 @@ from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, InvalidImageError, NotFoundError
 from clip_search.images import DecodedImage, decode_image, encode_web_copy, sha256_hex, web_format
 from clip_search.index import set_faiss_threads
+from clip_search.remote import make_replica
 from clip_search.store import ImageStore, LocalImageStore, content_key
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,18 @@ class SearchEngine:
         self.store.check()
         set_faiss_threads(settings.index.faiss_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # S3 only: the collection's copy in the bucket (snapshots + per-upload records), restored from first.
+        self.replica = make_replica(settings, self.store, model=self.encoder.name)
+        if self.replica is not None:
+            self.replica.restore()
         self.collection = Collection(
             Catalog(settings.catalog_path),
             settings.index_path,
             model=self.encoder.name,
             save_delay_s=settings.index.save_delay_s,
         )
+        if self.replica is not None:
+            self.replica.attach(self.collection)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_lock = threading.Lock()
 
@@ -350,6 +357,8 @@ class SearchEngine:
                 for item, vector in new
             ]
         )
+        if self.replica is not None:  # per-upload records: no other process writing the bucket can lose these
+            self.replica.record_added(self.catalog, [i for i in ids if i is not None])
         for (item, _), new_id in zip(new, ids, strict=True):
             pos = seen[item.sha256]
             if new_id is None:  # another process added the same bytes in the meantime
@@ -476,6 +485,8 @@ class SearchEngine:
         record = self.collection.remove(int(image_id))
         if record is None:
             raise NotFoundError(f"no image with id {image_id} in the collection")
+        if self.replica is not None:
+            self.replica.record_deleted(record)
         try:
             self.store.delete(record.key)
         except ClipSearchError:
@@ -486,9 +497,13 @@ class SearchEngine:
 
     def save(self) -> None:
         self.collection.save()
+        if self.replica is not None:
+            self.replica.flush()
 
     def close(self) -> None:
         self.collection.close()
+        if self.replica is not None:
+            self.replica.close()
 
     def __enter__(self) -> SearchEngine:
         return self

@@ -14,6 +14,8 @@ from clip_search.config import Settings, load_config
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CLIP_SEARCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+pytest_plugins = ["tests.s3server"]  # the SeaweedFS S3 server fixtures (s3_server, s3_env...)
+
 
 def shared_data(name: str) -> Path:
     """A data set from ../shared/data; skipped where absent (a user's clone), a failure under CI=true."""
