@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_search.cli_storage import add_commands as add_storage_commands
 
     add_storage_commands(sub)  # storage init|check|sync
+    from clip_search.evaluation.cli import add_commands as add_eval_commands
+
+    add_eval_commands(sub)  # eval DATASET, classify IMAGE --labels
     return parser
 
 

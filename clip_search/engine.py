@@ -251,6 +251,21 @@ class SearchEngine:
         threshold = self.settings.search.min_probability
         return any(h.probability is None or h.probability >= threshold for h in hits)
 
+    def classify(
+        self,
+        image: bytes | str | Path | Image.Image,
+        labels: str | Sequence[str],
+        templates: Sequence[str] | None = None,
+    ) -> list[tuple[str, float]]:
+        """Zero-shot labels for an image, best first: [(label, probability)], the image is never stored.
+
+        SigLIP: an independent sigmoid per label (prompt templates averaged), so several labels can be likely, or
+        none. A CLIP checkpoint falls back to a softmax over the labels (see clip_search.evaluation.zeroshot).
+        """
+        from clip_search.evaluation.zeroshot import classify_vector
+
+        return list(classify_vector(self.encoder, self.embed_image(image), labels, templates).labels)
+
     # -- adding images ------------------------------------------------------------------------------------------
 
     def decode(self, data: bytes, *, formats: Sequence[str] | None = None) -> DecodedImage:
