@@ -106,6 +106,30 @@ class RateLimitSettings(_Section):
     trusted_proxy_hops: int = Field(1, ge=1)
 
 
+class AppSettings(_Section):
+    title: str = Field("clip-search", min_length=1)
+    description: str = "Search photos by describing them in words, or by showing a similar picture."
+    queue_max_size: int = Field(64, ge=1)
+    search_concurrency: int = Field(4, ge=1)
+    upload_concurrency: int = Field(1, ge=1)
+    examples: list[str] = [
+        "a cat",
+        "a cup of coffee",
+        "a rocket launching into the sky",
+        "galaxies in deep space",
+        "a motorcycle",
+        "old coins",
+        "a red brick wall",
+    ]
+    server_name: str = "127.0.0.1"
+    server_port: int = Field(7860, ge=1, le=65535)
+    allow_image_urls: bool = True
+    allow_private_urls: bool = False
+    url_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    url_timeout_s: float = Field(10.0, gt=0)
+    cache_max_age_s: int = Field(3600, ge=0)
+
+
 class Settings(_Section):
     data_dir: Path = Path("data")
     model: ModelSettings = ModelSettings()
@@ -115,6 +139,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     upload: UploadSettings = UploadSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    app: AppSettings = AppSettings()
 
     @property
     def catalog_path(self) -> Path:

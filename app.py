@@ -1,0 +1,76 @@
+"""The clip-search web app: ``python app.py`` (also what Hugging Face Spaces runs).
+
+Settings come from config.yaml (or $CLIP_SEARCH_CONFIG), secrets and overrides from the environment or a .env
+file. It listens on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT, or app.server_name / app.server_port of the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+PERSISTENT = Path("/data")  # Hugging Face Spaces' persistent storage, when the Space has it
+
+
+def use_persistent_storage() -> None:
+    """On a Space with persistent storage, keep the model cache (and, on Spaces, the collection) on /data.
+
+    Runs before transformers is imported, since huggingface_hub reads HF_HOME once at import.
+    """
+    if not (PERSISTENT.is_dir() and os.access(PERSISTENT, os.W_OK)):
+        return
+    os.environ.setdefault("HF_HOME", str(PERSISTENT / ".huggingface"))
+    if os.environ.get("SPACE_ID"):  # only on Spaces: elsewhere /data may be anything
+        os.environ.setdefault("CLIP_SEARCH_DATA_DIR", str(PERSISTENT / "clip-search"))
+
+
+def _stop_on_sigterm() -> None:
+    """Platforms (Spaces, Docker, systemd) stop the app with SIGTERM: shut down as on Ctrl-C, saving the index."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main() -> None:
+    use_persistent_storage()
+    _stop_on_sigterm()
+    logging.basicConfig(
+        level=os.environ.get("CLIP_SEARCH_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    from clip_search.config import load_config
+    from clip_search.logs import quiet_third_party
+
+    quiet_third_party(logging.INFO)
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    log = logging.getLogger("clip_search.app")
+    settings = load_config()  # also reads .env
+
+    from clip_search.engine import SearchEngine
+    from clip_search.ui import build_app, launch_options, queue_options, serve_local_images
+
+    engine = SearchEngine(settings)
+    if settings.model.warm_up:
+        log.info("loading the model %s", settings.model.id)
+        engine.encoder.warm_up()
+    log.info("collection: %d images, store: %s", engine.count(), engine.store.describe())
+    serve_local_images(engine)
+    demo = build_app(engine)
+    demo.queue(**queue_options(engine))
+    try:
+        demo.launch(
+            server_name=os.environ.get("GRADIO_SERVER_NAME") or settings.app.server_name,
+            server_port=int(os.environ.get("GRADIO_SERVER_PORT") or settings.app.server_port),
+            **launch_options(engine),
+        )
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Run ``python app.py`` in a subprocess on a free 127.0.0.1 port, as a visitor's browser or client would reach it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT
+
+# Distinct photos with the tiny random model are often closer than the default near-duplicate threshold, and the
+# tests run many searches in a row from one address.
+TEST_CONFIG = """\
+upload:
+  near_duplicate_threshold: 0.9999
+rate_limit:
+  searches_per_minute: 1000
+  uploads_per_minute: 1000
+model:
+  warm_up: true
+"""
+
+
+@dataclass
+class RunningApp:
+    url: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where Gradio keeps uploaded files (GRADIO_TEMP_DIR of the app process)."""
+        return self.data_dir.parent / "gradio-uploads"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_env(model_dir: Path, data_dir: Path, config: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "CLIP_SEARCH_", "GRADIO_"))}
+    env.update(
+        CLIP_SEARCH_MODEL=str(model_dir),
+        CLIP_SEARCH_DATA_DIR=str(data_dir),
+        CLIP_SEARCH_CONFIG=str(config),
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(data_dir.parent / "gradio-uploads"),  # the app's own, so tests can look inside
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+@contextmanager
+def start_app(
+    workdir: Path,
+    model_dir: Path,
+    *,
+    photos: Sequence[Path] = (),
+    extra_config: str = "",
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> Iterator[RunningApp]:
+    """Ingest ``photos`` (through the CLI, as a user would), start the app, wait until it answers, stop it after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = workdir / "data"
+    config = workdir / "config.yaml"
+    config.write_text(TEST_CONFIG + extra_config)
+    port = free_port()
+    env = app_env(model_dir, data_dir, config, port)
+    env.update(extra_env or {})
+    if photos:
+        folder = workdir / "photos"
+        folder.mkdir(exist_ok=True)
+        for photo in photos:
+            target = folder / photo.name
+            if not target.exists():
+                target.symlink_to(photo.resolve())
+        subprocess.run(
+            [sys.executable, "-m", "clip_search", "ingest", str(folder), "-q"],
+            check=True,
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+    log_path = workdir / "app.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    app = RunningApp(f"http://127.0.0.1:{port}", data_dir, log_path, process)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{app.log()}")
+            try:
+                if requests.get(app.url + "/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{app.log()}")
+            time.sleep(0.3)
+        yield app
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,228 @@
+"""A real browser (Debian's Chromium through Playwright) against the running app, screenshots included.
+
+Screenshots land in test-artifacts/screenshots/. Needs /usr/bin/chromium (``apt-get install chromium``; the test
+script installs it); skipped without it, except under CI=true where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.app_process import RunningApp, start_app
+from tests.conftest import ROOT, shared_data
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+TIMEOUT_MS = 45_000
+
+# the first n images are in the page and have loaded (below the fold, lazy loading may hold the rest back)
+IMAGES_LOADED = """([selector, n]) => {
+  const imgs = [...document.querySelectorAll(selector)];
+  return imgs.length >= n && imgs.slice(0, n).every((img) => img.complete && img.naturalWidth > 0);
+}"""
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Path]:
+    return sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but /usr/bin/chromium is missing (apt-get install chromium)")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, photos: list[Path]) -> Iterator[RunningApp]:
+    with start_app(tmp_path_factory.mktemp("browser-app"), tiny_model_dir, photos=photos[:12]) as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _open(page, url: str):
+    page.goto(url)
+    page.locator("#search-query textarea, #search-query input").first.wait_for()
+    return page
+
+
+def _search(root, text: str) -> None:
+    box = root.locator("#search-query textarea, #search-query input").first
+    box.fill(text)
+    box.press("Enter")
+
+
+def _wait_images(page, selector: str, n: int = 1, frame=None) -> None:
+    target = frame or page
+    target.locator(f"{selector} img").first.wait_for()
+    target.wait_for_function(IMAGES_LOADED, arg=[f"{selector} img", n], timeout=TIMEOUT_MS)
+
+
+def _shot(page, name: str) -> None:
+    page.wait_for_timeout(300)  # let transitions settle
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_text_search_shows_images_that_load(page, app: RunningApp):
+    _open(page, app.url)
+    assert "12 images" in page.locator("#cs-header").inner_text()
+    _search(page, "   ")  # a mistake gets a message in plain words, not a crash
+    toast = page.get_by_text("The text query is empty")
+    toast.wait_for()
+    assert "Traceback" not in page.content()
+    _shot(page, "error-message")
+    _search(page, "people walking in a city street")
+    _wait_images(page, "#search-gallery", 12)
+    status = page.locator("#search-status").inner_text()
+    assert "12 results" in status and "people walking in a city street" in status
+    captions = page.locator("#search-gallery").inner_text()
+    assert "% match · 0." in captions
+    _shot(page, "search")
+
+
+def test_header_links_to_the_api_page(page, app: RunningApp):
+    _open(page, app.url)
+    page.locator("#cs-header a.cs-api").click()
+    page.get_by_text("API documentation").wait_for()
+    for name in ("/search", "/search_image", "/upload"):
+        assert page.get_by_text(name, exact=True).count() >= 1
+    _shot(page, "api-page")
+
+
+def test_open_a_result_and_more_like_this(page, app: RunningApp):
+    _open(page, app.url)
+    page.get_by_role("button", name="a red brick wall").click()  # an example query runs at once
+    _wait_images(page, "#search-gallery", 12)
+    page.locator("#search-gallery img").nth(1).click()
+    details = page.locator("#search-details")
+    details.wait_for(state="visible")
+    title = details.locator("h3").inner_text()
+    assert title.startswith("Image ") and "Match" in details.inner_text()
+    image_id = title.split()[1]
+    _shot(page, "result-details")
+    page.locator("#search-more").click()
+    page.wait_for_function(
+        "id => document.querySelector('#search-status').innerText.includes(`like image ${id}`)", arg=image_id
+    )
+    _wait_images(page, "#search-gallery", 11)
+    assert "similarity" in page.locator("#search-gallery").inner_text()
+    assert details.is_hidden()
+    _shot(page, "more-like-this")
+
+
+def test_image_search_tab(page, app: RunningApp, photos: list[Path]):
+    _open(page, app.url)
+    page.get_by_role("tab", name="Image-Search").click()
+    page.locator("#image-query input[type=file]").set_input_files(str(photos[5]))
+    page.locator("#image-query img").first.wait_for()
+    page.locator("#image-button").click()
+    _wait_images(page, "#image-gallery", 12)
+    assert "similarity 1.00" in page.locator("#image-gallery").inner_text()
+    _shot(page, "image-search")
+
+
+def test_upload_a_photo_and_find_it(page, app: RunningApp, photos: list[Path]):
+    new_photo = photos[50]
+    _open(page, app.url)
+    page.get_by_role("tab", name="Upload").click()
+    page.locator("#upload-files input[type=file]").set_input_files(str(new_photo))
+    page.locator("#upload-caption textarea, #upload-caption input").first.fill("a photo uploaded from the browser")
+    page.locator("#upload-button").click()
+    page.locator("#upload-status table").wait_for()
+    status = page.locator("#upload-status").inner_text()
+    assert "1 added" in status and new_photo.name in status
+    _wait_images(page, "#upload-gallery", 1)
+    page.wait_for_function("() => document.querySelector('#cs-header').innerText.includes('13 images')")
+    _shot(page, "upload")
+
+    page.get_by_role("tab", name="Image-Search").click()
+    page.locator("#image-query input[type=file]").set_input_files(str(new_photo))
+    page.locator("#image-query img").first.wait_for()
+    page.locator("#image-button").click()
+    _wait_images(page, "#image-gallery", 1)
+    page.locator("#image-gallery img").first.click()
+    details = page.locator("#image-details")
+    details.wait_for(state="visible")
+    text = details.inner_text()
+    assert new_photo.name in text and "a photo uploaded from the browser" in text and "1.000" in text
+
+
+def test_embedded_in_an_iframe(page, app: RunningApp):
+    page.set_content(
+        "<!doctype html><html><head><title>My blog</title></head>"
+        "<body style='font-family: sans-serif; max-width: 1000px; margin: 2rem auto'>"
+        "<h1>My photo blog</h1><p>Search my photos:</p>"
+        f"<iframe src='{app.url}/' width='100%' height='1000' style='border: 1px solid #ccc'></iframe>"
+        "</body></html>"
+    )
+    frame = page.frame_locator("iframe")
+    box = frame.locator("#search-query textarea, #search-query input").first
+    box.wait_for()
+    _search(frame, "a plate of food")
+    frame.locator("#search-gallery img").first.wait_for()
+    inner = page.frames[1]
+    inner.wait_for_function(IMAGES_LOADED, arg=["#search-gallery img", 4], timeout=TIMEOUT_MS)
+    assert "12 results" in frame.locator("#search-status").inner_text()
+    _shot(page, "iframe-embed")
+
+
+@pytest.fixture(scope="module")
+def empty_app(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[RunningApp]:
+    # min_probability 1.0: with the random test model every text query is then a weak match
+    extra = "search:\n  min_probability: 1.0\n"
+    with start_app(tmp_path_factory.mktemp("empty-app"), tiny_model_dir, extra_config=extra) as running:
+        yield running
+
+
+def test_empty_collection_says_how_to_add_photos_then_weak_matches(page, empty_app: RunningApp):
+    _open(page, empty_app.url)
+    notice = page.locator("#cs-empty")
+    notice.wait_for(state="visible")
+    text = notice.inner_text()
+    assert "The collection is empty" in text and "Upload" in text and "ingest --samples" in text
+    assert "0 images" in page.locator("#cs-header").inner_text()
+    _shot(page, "empty-collection")
+
+    page.locator("#cs-add-samples").click()
+    notice.wait_for(state="hidden")
+    assert "0 images" not in page.locator("#cs-header").inner_text()
+    _search(page, "a cat")
+    _wait_images(page, "#search-gallery", 5)
+    status = page.locator("#search-status").inner_text()
+    assert "No good match" in status and "closest" in status
+    _shot(page, "no-good-match")

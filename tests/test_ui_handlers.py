@@ -1,0 +1,416 @@
+"""The app's handlers, called as the UI calls them (engine + plain values), without a server or a browser."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from clip_search import ui
+from clip_search.access import ADMIN_TOKEN_ENV, UPLOAD_TOKEN_ENV
+from clip_search.engine import SearchEngine
+from clip_search.errors import ClipSearchError, EmptyQueryError, InvalidImageError, NotFoundError
+from clip_search.ingest import ingest_paths
+from clip_search.urlfetch import UrlFetchError
+from tests.conftest import make_settings, shared_data
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Path]:
+    return sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))
+
+
+def _engine(tmp_path: Path, model_dir: Path, **sections: dict) -> SearchEngine:
+    sections.setdefault("upload", {"near_duplicate_threshold": 0.9999})
+    return SearchEngine(make_settings(tmp_path / "data", model_dir, **sections))
+
+
+@pytest.fixture
+def engine(tmp_path: Path, tiny_model_dir: Path, photos: list[Path]):
+    eng = _engine(tmp_path, tiny_model_dir)
+    ingest_paths(eng, photos[:8], progress=False)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def empty_engine(tmp_path: Path, tiny_model_dir: Path):
+    eng = _engine(tmp_path, tiny_model_dir)
+    yield eng
+    eng.close()
+
+
+def _request(host: str = "203.0.113.7", headers: dict | None = None) -> SimpleNamespace:
+    return SimpleNamespace(client=SimpleNamespace(host=host), headers=headers or {})
+
+
+# -- formatting ---------------------------------------------------------------------------------------------------
+
+
+def test_percent_and_captions_are_honest():
+    assert ui.percent(0.874) == "87%"
+    assert ui.percent(0.001) == "<1%"
+    assert ui.percent(0.9999) == ">99%"
+    text_hit = SimpleNamespace(probability=0.874, score=0.3112)
+    image_hit = SimpleNamespace(probability=None, score=0.9312)
+    assert ui.hit_caption(text_hit) == "87% match · 0.31"
+    assert ui.hit_caption(image_hit) == "similarity 0.93"
+
+
+def test_markdown_from_visitors_is_shown_literally():
+    assert ui.md_escape("**bold** <b>x</b> [link](http://x)") == (r"\*\*bold\*\* \<b\>x\</b\> \[link\]\(http://x\)")
+
+
+def test_header_shows_size_model_and_api_link(engine: SearchEngine):
+    engine.settings.app.title = "<My> photos"
+    header = ui.header_html(engine)
+    assert "&lt;My&gt; photos" in header and "<My>" not in header
+    assert "8 images" in header
+    assert "tiny-siglip" in header  # a local checkpoint shows its folder name, not the server's disk layout
+    assert str(engine.settings.model.id) not in header
+    assert 'href="?view=api"' in header
+
+
+# -- search -------------------------------------------------------------------------------------------------------
+
+
+def test_text_search_shows_probability_and_score(engine: SearchEngine):
+    engine.settings.search.min_probability = 0.0
+    results = ui.text_search(engine, "a dog on a beach", 5)
+    assert len(results.hits) == 5 and results.confident
+    assert "5 results" in results.message and "a dog on a beach" in results.message
+    items = results.gallery()
+    assert all(Path(url).is_file() for url, _ in items)  # local store: files the app serves
+    assert all(
+        caption.endswith(f"· {hit.score:.2f}") and "match" in caption
+        for hit, (_, caption) in zip(results.hits, items, strict=True)
+    )
+    first = results.as_dicts()[0]
+    assert {"id", "score", "probability", "caption", "width", "height"} <= set(first)
+    assert "/" not in (first["source"] or "")  # a file name, never a server path
+
+
+def test_weak_matches_are_called_out_but_still_shown(engine: SearchEngine):
+    engine.settings.search.min_probability = 1.0
+    results = ui.text_search(engine, "a purple elephant", 4)
+    assert not results.confident
+    assert "No good match" in results.message and "closest" in results.message
+    assert len(results.hits) == 4 and len(results.gallery()) == 4
+
+
+def test_empty_query_is_refused_in_plain_words(engine: SearchEngine):
+    with pytest.raises(EmptyQueryError, match="empty"):
+        ui.text_search(engine, "   ", 5)
+
+
+def test_empty_collection_says_how_to_add_photos(empty_engine: SearchEngine, photos: list[Path]):
+    results = ui.text_search(empty_engine, "a cat", 5)
+    assert results.hits == [] and "Upload" in results.message and "ingest --samples" in results.message
+    assert "Upload" in ui.empty_notice(empty_engine)
+    assert ui.image_search(empty_engine, photos[0]).hits == []
+    with pytest.raises(InvalidImageError):  # an unusable picture is still refused
+        ui.image_search(empty_engine, b"not an image")
+
+
+def test_image_search_finds_the_image_itself_first(engine: SearchEngine, photos: list[Path]):
+    results = ui.image_search(engine, str(photos[3]), None, 3)
+    assert results.hits[0].source.endswith(photos[3].name)
+    assert results.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert results.gallery()[0][1] == "similarity 1.00"
+    assert engine.count() == 8  # the query image is not stored
+
+
+def test_image_search_needs_an_image(engine: SearchEngine):
+    with pytest.raises(ClipSearchError, match="choose an image"):
+        ui.image_search(engine, None, "  ", 3)
+    with pytest.raises(InvalidImageError):
+        ui.image_search(engine, b"\x89PNG garbage", None, 3)
+
+
+def test_image_search_refuses_a_query_image_over_the_size_limit(engine: SearchEngine, tmp_path: Path):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * 2048)
+    engine.settings.upload.max_bytes = 1024
+    with pytest.raises(ClipSearchError, match="too large"):
+        ui.image_search(engine, str(big), None, 3)
+
+
+def test_image_urls_to_private_addresses_are_refused(engine: SearchEngine):
+    for url in ("http://127.0.0.1:9/x.jpg", "http://localhost/x.jpg", "http://169.254.169.254/latest/meta-data"):
+        with pytest.raises(UrlFetchError, match="private or local"):
+            ui.image_search(engine, None, url, 3)
+    with pytest.raises(UrlFetchError, match="http"):
+        ui.image_search(engine, None, "file:///etc/passwd", 3)
+    engine.settings.app.allow_image_urls = False
+    with pytest.raises(ui.NotAllowed, match="switched off"):
+        ui.image_search(engine, None, "https://example.com/x.jpg", 3)
+
+
+def test_image_url_search_when_private_addresses_are_allowed(engine: SearchEngine, photos: list[Path], http_server):
+    engine.settings.app.allow_private_urls = True
+    base = http_server({"/p.jpg": photos[2].read_bytes()})
+    results = ui.image_search(engine, None, f"{base}/p.jpg", 2)
+    assert results.hits[0].source.endswith(photos[2].name)
+
+
+def test_more_like_this_excludes_the_image_itself(engine: SearchEngine):
+    first = ui.text_search(engine, "a kitchen", 1).hits[0]
+    results = ui.more_like_this(engine, float(first.id), 5)
+    assert first.id not in [h.id for h in results.hits] and len(results.hits) == 5
+    assert f"like image {first.id}" in results.message
+    with pytest.raises(ClipSearchError, match="click a result"):
+        ui.more_like_this(engine, None, 5)
+    with pytest.raises(NotFoundError):
+        ui.more_like_this(engine, 99999, 5)
+
+
+def test_details_panel(engine: SearchEngine):
+    hit = ui.text_search(engine, "a bus", 1).as_dicts()[0]
+    hit["caption"] = "a *bold* claim"
+    hit["metadata"] = {"credit": "NASA, public domain", "captions": ["one", "two"]}
+    text = ui.describe_hit(hit)
+    assert f"### Image {hit['id']}" in text and r"a \*bold\* claim" in text
+    assert "| Match |" in text and "Credit" in text and "NASA" in text and "- two" in text
+    assert ui.describe_hit(None) == ""
+
+
+# -- upload -------------------------------------------------------------------------------------------------------
+
+
+def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine, photos: list[Path], tmp_path: Path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    png = tmp_path / "drawing.png"
+    Image.open(photos[20]).convert("L").resize((64, 48)).save(png)
+    seen = []
+    outcome = ui.upload_files(
+        engine,
+        [str(photos[10]), str(photos[0]), str(notes), str(png)],
+        "my caption",
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    statuses = [r.status for r in outcome.results]
+    assert statuses == ["added", "duplicate", "rejected", "added"]
+    assert outcome.count == 10
+    assert "2 added" in outcome.message and "1 already there" in outcome.message and "1 rejected" in outcome.message
+    assert "notes.txt" in outcome.message and "the collection now holds **10 images**" in outcome.message
+    assert [r["file"] for r in outcome.as_dicts()] == [photos[10].name, photos[0].name, "notes.txt", "drawing.png"]
+    assert not outcome.as_dicts()[2]["message"].startswith("notes.txt")  # the table already names the file
+    assert len(outcome.added) == 2 and all(Path(url).is_file() for url, _ in outcome.added)
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    added_id = outcome.results[0].id
+    assert ui.image_search(engine, str(photos[10]), None, 1).hits[0].id == added_id
+    assert engine.get(added_id).caption == "my caption"
+
+
+def test_upload_limits(engine: SearchEngine, photos: list[Path]):
+    with pytest.raises(ClipSearchError, match="choose one or more"):
+        ui.upload_files(engine, [], None)
+    engine.settings.upload.max_files = 2
+    outcome = ui.upload_files(engine, [str(p) for p in photos[10:13]], None, allowed=1, wait_s=42)
+    assert [r.status for r in outcome.results] == ["added", "rejected", "rejected"]
+    assert "try again in 42 s" in outcome.results[1].message
+    assert "at most 2" in outcome.results[2].message
+    engine.settings.upload.max_bytes = 1000
+    outcome = ui.upload_files(engine, [str(photos[14])], None)
+    assert outcome.results[0].status == "rejected" and "too large" in outcome.results[0].message
+
+
+def test_add_samples_fills_an_empty_collection_once(empty_engine: SearchEngine):
+    message = ui.add_samples(empty_engine)
+    assert empty_engine.count() >= 10 and "sample photos" in message
+    assert "already holds" in ui.add_samples(empty_engine)
+
+
+def test_delete_image(engine: SearchEngine):
+    hit = ui.text_search(engine, "a cat", 1).hits[0]
+    assert "Deleted image" in ui.delete_image(engine, hit.id) and engine.count() == 7
+    with pytest.raises(NotFoundError):
+        ui.delete_image(engine, hit.id)
+    with pytest.raises(ClipSearchError, match="give the id"):
+        ui.delete_image(engine, None)
+
+
+def test_public_stats_hide_paths(engine: SearchEngine):
+    assert ui.public_stats(engine) == {"images": 8, "model": "tiny-siglip"}
+
+
+# -- access -------------------------------------------------------------------------------------------------------
+
+
+def test_search_rate_limit_per_client(engine: SearchEngine):
+    engine.settings.rate_limit.searches_per_minute = 2
+    gate = ui.Gate(engine)
+    gate.search(_request("198.51.100.1"))
+    gate.search(_request("198.51.100.1"))
+    with pytest.raises(ui.TooManyRequests, match=r"Too many searches .* try again in \d+ s"):
+        gate.search(_request("198.51.100.1"))
+    gate.search(_request("198.51.100.2"))  # another visitor is not affected
+
+
+def test_proxy_header_only_when_configured(engine: SearchEngine):
+    forwarded = _request("10.0.0.1", {"X-Forwarded-For": "1.2.3.4, 203.0.113.9"})
+    assert ui.Gate(engine).client(forwarded) == "10.0.0.1"
+    engine.settings.rate_limit.trusted_proxy_header = "x-forwarded-for"
+    assert ui.Gate(engine).client(forwarded) == "203.0.113.9"
+
+
+def test_upload_rate_limit_lets_part_of_a_batch_through(engine: SearchEngine, monkeypatch):
+    monkeypatch.delenv(UPLOAD_TOKEN_ENV, raising=False)
+    engine.settings.rate_limit.uploads_per_minute = 3
+    gate = ui.Gate(engine)
+    allowed, wait = gate.upload(_request(), 5, None)
+    assert allowed == 3 and wait > 0
+    with pytest.raises(ui.TooManyRequests, match="Too many uploads"):
+        gate.upload(_request(), 1, None)
+
+
+def test_upload_token(engine: SearchEngine, monkeypatch):
+    monkeypatch.setenv(UPLOAD_TOKEN_ENV, "s3cret")
+    gate = ui.Gate(engine)
+    with pytest.raises(ui.NotAllowed, match="upload token"):
+        gate.upload(_request(), 1, "wrong")
+    assert gate.upload(_request(), 1, "s3cret") == (1, 0.0)
+
+
+def test_admin_delete_needs_the_admin_token(engine: SearchEngine, monkeypatch):
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    gate = ui.Gate(engine)
+    with pytest.raises(ui.NotAllowed, match="switched off"):
+        gate.delete(_request("192.0.2.1"), "anything")
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "adm1n")
+    with pytest.raises(ui.NotAllowed, match="admin token"):
+        gate.delete(_request("192.0.2.2"), "nope")
+    gate.delete(_request("192.0.2.2"), "adm1n")
+    for _ in range(3):
+        with pytest.raises(ui.NotAllowed):
+            gate.delete(_request("192.0.2.2"), "guess")
+    with pytest.raises(ui.TooManyRequests):  # guessing is slowed down
+        gate.delete(_request("192.0.2.2"), "adm1n")
+
+
+def test_errors_become_plain_messages_never_tracebacks(caplog):
+    @ui.friendly
+    def refuses() -> None:
+        raise EmptyQueryError("the text query is empty: type a few words")
+
+    @ui.friendly
+    def crashes() -> None:
+        raise RuntimeError("segfault in /srv/secret/path.py line 3")
+
+    with pytest.raises(gr.Error) as info:
+        refuses()
+    assert info.value.message == "The text query is empty: type a few words"
+    with pytest.raises(gr.Error) as info:
+        crashes()
+    assert info.value.message == ui.GENERIC_ERROR and "secret" not in info.value.message
+    assert "segfault" in caplog.text  # logged for the operator
+
+
+# -- the app itself -----------------------------------------------------------------------------------------------
+
+
+def _api_names(demo: gr.Blocks) -> set[str]:
+    return {
+        fn.api_name for fn in demo.fns.values() if fn.api_name and fn.api_visibility in ("public", "undocumented")
+    } & {"search", "search_image", "more_like_this", "upload", "add_samples", "delete", "stats"}
+
+
+def test_build_app_names_every_action(engine: SearchEngine, monkeypatch):
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(UPLOAD_TOKEN_ENV, raising=False)
+    demo = ui.build_app(engine)
+    assert _api_names(demo) == {"search", "search_image", "more_like_this", "upload", "add_samples", "stats"}
+    assert not _component(demo, "upload-token").visible  # no token configured: no token field
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "adm1n")
+    monkeypatch.setenv(UPLOAD_TOKEN_ENV, "s3cret")
+    demo = ui.build_app(engine)
+    assert "delete" in _api_names(demo)
+    assert _component(demo, "upload-token").visible
+    assert not _component(demo, "cs-add-samples").visible  # uploads need a token: no anonymous sample button
+
+
+def _component(demo: gr.Blocks, elem_id: str) -> gr.components.Component:
+    return next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
+def test_presigned_urls_go_to_the_browser_untouched():
+    """S3: the gallery hands the browser the presigned URL; the server never downloads the image."""
+    from gradio import processing_utils
+
+    url = "https://photos.s3.example.com/images/ab/abc.jpg?X-Amz-Expires=3600&X-Amz-Signature=deadbeef"
+    gallery = gr.Gallery()
+    data = gallery.postprocess([(url, "similarity 0.93")])
+    out = processing_utils.move_files_to_cache(data.model_dump(), gallery, postprocess=True)
+    assert out[0]["image"]["url"] == url
+
+
+def test_persistent_storage_on_spaces(tmp_path: Path, monkeypatch):
+    import app as app_module
+
+    for var in ("HF_HOME", "CLIP_SEARCH_DATA_DIR", "SPACE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(app_module, "PERSISTENT", tmp_path / "missing")
+    app_module.use_persistent_storage()
+    assert "HF_HOME" not in os.environ
+    monkeypatch.setattr(app_module, "PERSISTENT", tmp_path)
+    app_module.use_persistent_storage()
+    assert os.environ["HF_HOME"] == str(tmp_path / ".huggingface")
+    assert "CLIP_SEARCH_DATA_DIR" not in os.environ  # /data elsewhere than on Spaces may be anything
+    monkeypatch.setenv("SPACE_ID", "someone/clip-search")
+    app_module.use_persistent_storage()
+    assert os.environ["CLIP_SEARCH_DATA_DIR"] == str(tmp_path / "clip-search")
+
+
+def test_launch_options_serve_only_the_image_folder(engine: SearchEngine):
+    options = ui.launch_options(engine)
+    assert options["allowed_paths"] == [str(engine.store.root)]
+    assert options["max_file_size"] == engine.settings.upload.max_bytes
+    assert "theme" in options and "css" in options
+
+
+# -- a small local web server for the URL tests -------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_server():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(routes: dict[str, bytes]) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = routes.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def test_png_bytes_are_a_valid_query(engine: SearchEngine, photos: list[Path]):
+    buffer = io.BytesIO()
+    Image.open(photos[1]).save(buffer, format="PNG")
+    assert ui.image_search(engine, buffer.getvalue(), None, 1).hits[0].source.endswith(photos[1].name)
