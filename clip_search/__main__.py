@@ -27,23 +27,13 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to keep
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from clip_search.ingest import ingest_folder, ingest_paths
-    from clip_search.samples import sample_files
+    from clip_search.ingest import ingest_folder, ingest_samples
 
     if not args.samples and args.path is None:
         raise ClipSearchError("give a folder to ingest, or --samples for the sample photos")
     with _engine(args) as engine:
         if args.samples:
-            samples = sample_files()
-            captions = {path.name: [caption] for path, caption, _ in samples}
-            credits = {path.name: credit for path, _, credit in samples}
-            report = ingest_paths(
-                engine,
-                [path for path, _, _ in samples],
-                captions=captions,
-                extra_metadata=lambda p: {"credit": credits[p.name]},
-                progress=not args.quiet,
-            )
+            report = ingest_samples(engine, progress=not args.quiet)
         else:
             report = ingest_folder(
                 engine, args.path, recursive=args.recursive, captions_file=args.captions, progress=not args.quiet

@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from clip_search.errors import ClipSearchError, EmptyQueryError
+
+if TYPE_CHECKING:
+    from clip_search.config import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,19 @@ class HFEncoder:
         self._scale: float | None = None
         self._bias: float | None = None
         self._text_length = max_text_tokens
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings) -> HFEncoder:
+        """The encoder ``model.*`` in config.yaml describes."""
+        return cls(
+            model.id,
+            revision=model.revision,
+            device=model.device,
+            batch_size=model.batch_size,
+            max_text_tokens=model.max_text_tokens,
+            torch_threads=model.torch_threads,
+            quantize=model.quantize,
+        )
 
     # -- loading -------------------------------------------------------------------------------------------
 

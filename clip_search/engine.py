@@ -106,15 +106,7 @@ class SearchEngine:
         store: ImageStore | None = None,
     ) -> None:
         self.settings = settings
-        self.encoder: Encoder = encoder or HFEncoder(
-            settings.model.id,
-            revision=settings.model.revision,
-            device=settings.model.device,
-            batch_size=settings.model.batch_size,
-            max_text_tokens=settings.model.max_text_tokens,
-            torch_threads=settings.model.torch_threads,
-            quantize=settings.model.quantize,
-        )
+        self.encoder: Encoder = encoder or HFEncoder.from_settings(settings.model)
         self.store = store or make_store(settings)
         self.store.check()
         set_faiss_threads(settings.index.faiss_threads)

@@ -214,6 +214,24 @@ def _collect(result: Work, report: IngestReport, batch: list[PreparedImage], bar
     bar.update(1)
 
 
+def ingest_samples(engine: SearchEngine, *, progress: bool = True) -> IngestReport:
+    """``python -m clip_search ingest --samples``: the public-domain/CC0 photos scikit-image ships, captioned."""
+    from clip_search.samples import sample_files
+
+    samples = sample_files()
+    if not samples:
+        raise ClipSearchError("no sample photos are installed (they come with scikit-image)")
+    captions = {path.name: [caption] for path, caption, _ in samples}
+    credits = {path.name: credit for path, _, credit in samples}
+    return ingest_paths(
+        engine,
+        [path for path, _, _ in samples],
+        captions=captions,
+        extra_metadata=lambda p: {"credit": credits[p.name]},
+        progress=progress,
+    )
+
+
 def ingest_folder(
     engine: SearchEngine,
     root: Path,

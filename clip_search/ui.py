@@ -387,23 +387,11 @@ def upload_files(
 
 def add_samples(engine: SearchEngine) -> str:
     """The "Add the sample photos" button of an empty collection (``ingest --samples``, from the app)."""
-    from clip_search.ingest import ingest_paths
-    from clip_search.samples import sample_files
+    from clip_search.ingest import ingest_samples
 
     if engine.count() > 0:
         return f"The collection already holds {collection_size(engine.count())}."
-    samples = sample_files()
-    if not samples:
-        raise ClipSearchError("no sample photos are installed (they come with scikit-image)")
-    captions = {path.name: [caption] for path, caption, _ in samples}
-    credits = {path.name: credit for path, _, credit in samples}
-    report = ingest_paths(
-        engine,
-        [path for path, _, _ in samples],
-        captions=captions,
-        extra_metadata=lambda p: {"credit": credits[p.name]},
-        progress=False,
-    )
+    report = ingest_samples(engine, progress=False)
     return f"Added {report.added} sample photos: the collection now holds {collection_size(engine.count())}."
 
 

@@ -28,15 +28,7 @@ def encoder_from_settings(settings: Any) -> Any:
     """The engine's encoder, built from settings without opening a collection."""
     from clip_search.encoder import HFEncoder
 
-    return HFEncoder(
-        settings.model.id,
-        revision=settings.model.revision,
-        device=settings.model.device,
-        batch_size=settings.model.batch_size,
-        max_text_tokens=settings.model.max_text_tokens,
-        torch_threads=settings.model.torch_threads,
-        quantize=settings.model.quantize,
-    )
+    return HFEncoder.from_settings(settings.model)
 
 
 def parse_ks(text: str) -> list[int]:
