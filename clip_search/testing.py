@@ -181,6 +181,48 @@ def write_tiny_siglip(
     return out
 
 
+def write_tiny_clip(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny random CLIP checkpoint (byte-level BPE tokenizer, no learned bias) to ``out_dir``.
+
+    It shows that CLIP checkpoints load and search through the same code path as SigLIP ones.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Byte-level BPE: every byte as a piece, with and without CLIP's end-of-word mark, plus a few merges.
+    pieces = list(bytes_to_unicode().values())
+    vocab = {piece: i for i, piece in enumerate(pieces + [p + "</w>" for p in pieces])}
+    merges = [("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>"), ("t", "h"), ("th", "e</w>")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={
+            **small,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={**small, "image_size": 224, "patch_size": 32},
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).eval().save_pretrained(out)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    log.info("wrote tiny CLIP to %s", out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clip_search.testing", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="full siglip-base-patch16-224 shapes with random weights (for speed measurements)",
     )
+    clip = sub.add_parser("tiny-clip", help="write a tiny random CLIP checkpoint to DIR")
+    clip.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "tiny-model":
@@ -200,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             args.dir, image_size=args.image_size, seed=args.seed, base_architecture=args.base_architecture
         )
         print(path)
+    elif args.command == "tiny-clip":
+        print(write_tiny_clip(args.dir))
     return 0
 
 

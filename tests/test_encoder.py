@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,37 @@ def test_missing_model_is_a_clear_error(tmp_path: Path):
 
     with pytest.raises(ClipSearchError, match="cannot load model"):
         HFEncoder(str(tmp_path / "no-such-model")).encode_text(["hi"])
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clip_search.testing import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+def test_clip_checkpoints_work_through_the_same_path(tiny_clip_dir: Path, tmp_path: Path):
+    model, processor = _reference(tiny_clip_dir)
+    texts = ["a cat", "the dog on the beach"]
+    inputs = processor.tokenizer(texts, padding=True, return_tensors="pt")  # CLIP's model card: pad to longest
+    images = [Image.new("RGB", (320, 200), "red"), Image.new("RGB", (200, 320), (10, 200, 30))]
+    with torch.no_grad():
+        ref_text = _l2(model.get_text_features(**inputs).pooler_output)
+        ref_image = _l2(model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output)
+    encoder = HFEncoder(str(tiny_clip_dir))
+    np.testing.assert_allclose(encoder.encode_text(texts), ref_text, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_images(images), ref_image, atol=1e-5)
+    assert encoder.logit_bias is None
+    assert encoder.probability(np.array([0.3])) is None  # no calibrated probability without a learned bias
+
+    from clip_search.engine import SearchEngine
+    from tests.conftest import make_settings
+
+    with SearchEngine(make_settings(tmp_path / "data", tiny_clip_dir)) as engine:
+        for i, image in enumerate(images):
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            assert engine.add_image(buf.getvalue(), source=f"{i}.png").status == "added"
+        hits = engine.search_text("a red picture", k=2)
+        assert len(hits) == 2 and all(h.probability is None for h in hits)
+        assert engine.search_image(images[1], k=1)[0].source == "1.png"
