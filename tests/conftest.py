@@ -31,12 +31,11 @@ def shared_data(name: str) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SigLIP, written by the same command users run: python -m clip_search.testing tiny-model."""
     out = tmp_path_factory.mktemp("models") / "tiny-siglip"
-    subprocess.run(
-        [sys.executable, "-m", "clip_search.testing", "tiny-model", str(out)],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_search.testing", "tiny-model", str(out)], capture_output=True, text=True, cwd=ROOT
     )
+    if done.returncode != 0:
+        pytest.fail(f"python -m clip_search.testing tiny-model failed:\n{done.stderr[-3000:]}")
     return out
 
 
