@@ -23,7 +23,14 @@ from clip_search.collection import Collection
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, InvalidImageError, NotFoundError
-from clip_search.images import DecodedImage, decode_image, encode_web_copy, sha256_hex, web_format
+from clip_search.images import (
+    DecodedImage,
+    decode_image,
+    encode_web_copy,
+    model_draft_side,
+    sha256_hex,
+    web_format,
+)
 from clip_search.index import set_faiss_threads
 from clip_search.remote import make_replica
 from clip_search.store import ImageStore, LocalImageStore, content_key
@@ -266,7 +273,7 @@ class SearchEngine:
             data,
             max_pixels=self.settings.ingest.max_pixels,
             formats=tuple(formats) if formats else None,
-            draft_side=2 * self.encoder.input_size,
+            draft_side=model_draft_side(self.encoder.input_size),
         )
 
     def prepare(
@@ -286,7 +293,7 @@ class SearchEngine:
         metadata) or ``storage.web_copy_max_side`` asks for a clean or smaller copy.
         """
         max_side = self.settings.storage.web_copy_max_side
-        model_side = 2 * self.encoder.input_size
+        model_side = model_draft_side(self.encoder.input_size)
         if max_side:
             draft: int | None = max(max_side, model_side)
         else:
@@ -387,9 +394,7 @@ class SearchEngine:
         """Add one image from its bytes. Invalid images come back as ``rejected`` with the reason."""
         try:
             prepared = self.prepare(data, source=source, caption=caption, metadata=metadata, reencode=reencode)
-        except ClipSearchError as exc:
-            if isinstance(exc, (ConfigError,)):
-                raise
+        except InvalidImageError as exc:
             return AddResult("rejected", str(exc), source=source)
         return self.commit([prepared])[0]
 

@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from clip_search.evaluation.zeroshot import classify_image, parse_labels
-    from clip_search.images import decode_image
+    from clip_search.images import decode_image, model_draft_side
 
     labels = parse_labels(args.labels)
     settings = _settings(args)
@@ -94,7 +94,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ClipSearchError(f"cannot read {args.image}: {exc.strerror or exc}") from exc
     encoder = encoder_from_settings(settings)
-    decoded = decode_image(data, max_pixels=settings.ingest.max_pixels, draft_side=2 * encoder.input_size)
+    decoded = decode_image(data, max_pixels=settings.ingest.max_pixels, draft_side=model_draft_side(encoder.input_size))
     result = classify_image(encoder, decoded.image, labels, args.template)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))

@@ -34,7 +34,7 @@ from clip_search.evaluation.datasets import CaptionedDataset, Dataset, LabelledD
 from clip_search.evaluation.embed_cache import EmbeddingCache, sha256_text
 from clip_search.evaluation.metrics import Ranks, chance, hit_at_k, rank_relevant, recall_at_k, summarize
 from clip_search.evaluation.zeroshot import check_templates, label_vectors
-from clip_search.images import decode_image, sha256_hex
+from clip_search.images import decode_image, model_draft_side, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def embed_images(
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]], dict[str, float]]:
     """Vectors of image files: (vectors for the readable ones, readable mask, [(file, reason)], stats)."""
     cache = cache or EmbeddingCache(None, encoder)
-    draft_side = 2 * int(encoder.input_size)  # also loads the model before the pool starts
+    draft_side = model_draft_side(encoder.input_size)  # also loads the model before the pool starts
     cache.load("images")  # before the pool starts: the workers only read it
     started = time.perf_counter()
 
