@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faiss
 import numpy as np
 
-from clip_search.index import VectorIndex
+from clip_search.collection.vector_index import FlatIndex
 
 
 def _median_ms(fn, queries: np.ndarray) -> float:
@@ -48,10 +48,10 @@ def main() -> None:
         xb /= np.linalg.norm(xb, axis=1, keepdims=True)
         queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        index = VectorIndex(args.dim)
+        index = FlatIndex(args.dim)
         index.add(np.arange(1, n + 1), xb)
 
-        def faiss_one(q: np.ndarray, index: VectorIndex = index) -> None:
+        def faiss_one(q: np.ndarray, index: FlatIndex = index) -> None:
             index.search(q[None], args.k)
 
         def numpy_one(q: np.ndarray, xb: np.ndarray = xb) -> None:

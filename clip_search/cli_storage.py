@@ -1,4 +1,4 @@
-"""``python -m clip_search storage {init,check,sync}``: set up and look after the S3 bucket."""
+"""``python -m clip_search storage {init,check,sync,optimize}``: set up and look after the bucket and the table."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from clip_search.errors import ClipSearchError
 DEFAULT_CORS_ORIGINS = ["http://localhost:7860", "http://127.0.0.1:7860"]
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, *, s3: bool = True) -> Any:
     from clip_search.config import load_config
 
     if getattr(args, "model", None):
@@ -20,7 +20,7 @@ def _settings(args: argparse.Namespace) -> Any:
     if getattr(args, "data_dir", None):
         os.environ["CLIP_SEARCH_DATA_DIR"] = str(args.data_dir)
     settings = load_config(args.config)
-    if settings.storage_backend != "s3":
+    if s3 and settings.storage_backend != "s3":
         raise ClipSearchError(
             "no S3 bucket is configured: set S3_BUCKET (and S3_ENDPOINT_URL for a non-AWS service, plus "
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or storage.s3.bucket in config.yaml"
@@ -44,32 +44,35 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from clip_search.remote import MANIFEST_KEY, UPLOADS_PREFIX
+    from clip_search.collection.location import open_table
     from clip_search.store import IMAGE_PREFIX
+    from clip_search.store_s3 import S3ImageStore
 
-    store = _store(args)
+    settings = _settings(args)
+    store = S3ImageStore.from_settings(settings)
     store.check(write=not args.read_only)
     images = sum(1 for _ in store.list_keys(IMAGE_PREFIX))
-    records = sum(1 for _ in store.list_keys(UPLOADS_PREFIX))
-    try:
-        manifest = json.loads(store.get_object(MANIFEST_KEY))
-    except ClipSearchError:
-        manifest = None
+    table = open_table(settings)
+    ds = table.latest()
     info = {
         "store": store.describe(),
         "images": images,
-        "upload_records": records,
-        "snapshot": {k: manifest.get(k) for k in ("count", "saved_at", "writer")} if manifest else None,
+        "table": {
+            "rows": ds.count_rows() if ds is not None else 0,
+            "version": ds.version if ds is not None else None,
+            "fragments": len(ds.get_fragments()) if ds is not None else 0,
+            "model": table.model_id,
+        },
     }
     print(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from clip_search.bucket_sync import reindex_bucket
     from clip_search.engine import SearchEngine
-    from clip_search.remote import reindex_bucket
 
-    with SearchEngine(_settings(args)) as engine:  # opening it already merged the bucket's upload records
+    with SearchEngine(_settings(args)) as engine:
         report = reindex_bucket(engine)
         engine.save()
         total = engine.count()
@@ -77,6 +80,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
     for key, reason in report.failed:
         print(f"  {key}: {reason}")
     print(f"collection: {total} images")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from clip_search.collection.location import open_collection
+    from clip_search.encoder import HFEncoder
+
+    settings = _settings(args, s3=False)
+    model = HFEncoder.from_settings(settings.model).name
+    collection = open_collection(settings, model=model, background=False)
+    try:
+        report = collection.optimize(keep_versions_s=args.keep_versions_s)
+    finally:
+        collection.close()
+    print(json.dumps(dict(report, images=len(collection)), indent=2))
     return 0
 
 
@@ -99,5 +117,16 @@ def add_commands(sub: Any) -> None:
     check.add_argument("--read-only", action="store_true", help="do not test writing")
     check.set_defaults(func=cmd_check)
 
-    sync = actions.add_parser("sync", help="merge the bucket's upload records and index images the catalog lacks")
+    sync = actions.add_parser("sync", help="index images in the bucket that the collection lacks")
     sync.set_defaults(func=cmd_sync)
+
+    optimize = actions.add_parser(
+        "optimize", help="compact the collection's table, drop old versions, retrain an outgrown IVF (safe while live)"
+    )
+    optimize.add_argument(
+        "--keep-versions-s",
+        type=float,
+        default=3600.0,
+        help="keep table versions younger than this many seconds (readers of older ones would fail; default 3600)",
+    )
+    optimize.set_defaults(func=cmd_optimize)

@@ -39,10 +39,19 @@ class ModelSettings(_Section):
 
 
 class IndexSettings(_Section):
-    catalog_file: str = "catalog.sqlite"
-    index_file: str = "index.faiss"
+    kind: Literal["flat", "ivf"] = "flat"
+    nlist: int | None = Field(None, ge=1)
+    nprobe: int = Field(16, ge=1)
+    retrain_growth: float = Field(4.0, gt=1)
     faiss_threads: int = Field(1, ge=0)
-    save_delay_s: float = Field(10.0, ge=0)
+
+
+class CollectionSettings(_Section):
+    table: str = Field("collection", pattern=r"^[A-Za-z0-9_-]+$")
+    refresh_s: float = Field(2.0, ge=0)
+    optimize_every: int = Field(500, ge=0)
+    keep_versions_s: float = Field(3600.0, ge=0)
+    legacy_catalog_file: str = "catalog.sqlite"
 
 
 class S3Settings(_Section):
@@ -55,7 +64,6 @@ class S3Settings(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=20)
-    snapshot_delay_s: float = Field(30.0, ge=0)
 
     @field_validator("prefix")
     @classmethod
@@ -134,6 +142,7 @@ class Settings(_Section):
     data_dir: Path = Path("data")
     model: ModelSettings = ModelSettings()
     index: IndexSettings = IndexSettings()
+    collection: CollectionSettings = CollectionSettings()
     storage: StorageSettings = StorageSettings()
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
@@ -142,12 +151,9 @@ class Settings(_Section):
     app: AppSettings = AppSettings()
 
     @property
-    def catalog_path(self) -> Path:
-        return self.data_dir / self.index.catalog_file
-
-    @property
-    def index_path(self) -> Path:
-        return self.data_dir / self.index.index_file
+    def legacy_catalog_path(self) -> Path:
+        """Where a collection made before the Lance table kept its SQLite catalog (migrated on open)."""
+        return self.data_dir / self.collection.legacy_catalog_file
 
     @property
     def local_image_dir(self) -> Path:

@@ -1,8 +1,9 @@
 """The engine: what the CLI, the notebooks and the app call. It knows nothing of Gradio.
 
-It ties the pieces together: an :class:`Encoder` for text and images, a :class:`Collection` (catalog + FAISS
-index) and an :class:`ImageStore`. Images enter through :meth:`SearchEngine.prepare` (decode, choose the bytes
-to store, preprocess for the model) and :meth:`SearchEngine.commit` (embed, store, then commit to the catalog).
+It ties the pieces together: an :class:`Encoder` for text and images, a :class:`Collection` (the Lance table
+and the FAISS index derived from it) and an :class:`ImageStore`. Images enter through :meth:`SearchEngine.prepare`
+(decode, choose the bytes to store, preprocess for the model) and :meth:`SearchEngine.commit` (embed, store the
+bytes, then commit the row: the commit point).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from clip_search.catalog import Catalog, ImageRecord, NewImage
-from clip_search.collection import Collection
+from clip_search.collection import Collection, ImageRecord, NewImage
+from clip_search.collection.location import open_collection
+from clip_search.collection.migrate import migrate_legacy
+from clip_search.collection.vector_index import set_faiss_threads
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, InvalidImageError, NotFoundError
@@ -31,8 +34,6 @@ from clip_search.images import (
     sha256_hex,
     web_format,
 )
-from clip_search.index import set_faiss_threads
-from clip_search.remote import make_replica
 from clip_search.store import ImageStore, LocalImageStore, content_key
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,8 @@ class SearchEngine:
         self.store.check()
         set_faiss_threads(settings.index.faiss_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # S3 only: the collection's copy in the bucket (snapshots + per-upload records), restored from first.
-        self.replica = make_replica(settings, self.store, model=self.encoder.name)
-        if self.replica is not None:
-            self.replica.restore()
-        self.collection = Collection(
-            Catalog(settings.catalog_path),
-            settings.index_path,
-            model=self.encoder.name,
-            save_delay_s=settings.index.save_delay_s,
-        )
-        if self.replica is not None:
-            self.replica.attach(self.collection)
+        self.collection: Collection = open_collection(settings, model=self.encoder.name)
+        migrate_legacy(settings, self.collection, self.store)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_lock = threading.Lock()
 
@@ -138,10 +129,6 @@ class SearchEngine:
         return cls(load_config(path), **overrides)
 
     # -- facts --------------------------------------------------------------------------------------------------
-
-    @property
-    def catalog(self) -> Catalog:
-        return self.collection.catalog
 
     def count(self) -> int:
         return len(self.collection)
@@ -157,7 +144,7 @@ class SearchEngine:
         }
 
     def get(self, image_id: int) -> ImageRecord:
-        record = self.catalog.get(int(image_id))
+        record = self.collection.get(_as_id(image_id))
         if record is None:
             raise NotFoundError(f"no image with id {image_id} in the collection")
         return record
@@ -206,7 +193,7 @@ class SearchEngine:
 
     def search_similar(self, image_id: int, k: int | None = None) -> list[SearchHit]:
         """ "More like this": neighbours of an image already in the collection, itself excluded."""
-        vector = self.catalog.embedding(int(image_id))
+        vector = self.collection.embedding(_as_id(image_id))
         if vector is None:
             raise NotFoundError(f"no image with id {image_id} in the collection")
         return self._hits(vector, self._k(k), with_probability=False, exclude=(int(image_id),))
@@ -221,7 +208,7 @@ class SearchEngine:
         ranked = self.collection.search(vector[None], k, exclude=exclude)[0]
         if not ranked:
             return []
-        records = self.catalog.get_many([i for i, _ in ranked])
+        records = self.collection.get_many([i for i, _ in ranked])
         probabilities = self.encoder.probability(np.array([s for _, s in ranked])) if with_probability else None
         hits = []
         for rank, (image_id, score) in enumerate(ranked):
@@ -345,7 +332,7 @@ class SearchEngine:
         results: dict[int, AddResult] = {}
         seen: dict[str, int] = {}
         for pos, (item, vector) in enumerate(zip(items, vectors, strict=True)):
-            existing = self.catalog.find_by_sha256(item.sha256) or self.catalog.find_by_sha256(item.source_sha256)
+            existing = self._find_stored(item)
             if existing is not None:
                 results[pos] = _duplicate(item, existing.id, existing.key)
                 continue
@@ -371,12 +358,10 @@ class SearchEngine:
                 for item, vector in new
             ]
         )
-        if self.replica is not None:  # per-upload records: no other process writing the bucket can lose these
-            self.replica.record_added(self.catalog, [i for i in ids if i is not None])
         for (item, _), new_id in zip(new, ids, strict=True):
             pos = seen[item.sha256]
             if new_id is None:  # another process added the same bytes in the meantime
-                existing = self.catalog.find_by_sha256(item.sha256)
+                existing = self.collection.find_by_sha256(item.sha256)
                 results[pos] = _duplicate(item, existing.id if existing else None, item.key)
             else:
                 results[pos] = AddResult("added", "added", id=new_id, key=item.key, source=item.source)
@@ -465,8 +450,12 @@ class SearchEngine:
             )
         return result
 
+    def _find_stored(self, item: PreparedImage) -> ImageRecord | None:
+        """The image whose stored or original bytes match ``item``'s (either hash), if the collection has it."""
+        return self.collection.find_by_sha256(item.sha256) or self.collection.find_by_sha256(item.source_sha256)
+
     def _exact_duplicate(self, prepared: PreparedImage, name: str) -> AddResult | None:
-        existing = self.catalog.find_by_sha256(prepared.sha256) or self.catalog.find_by_sha256(prepared.source_sha256)
+        existing = self._find_stored(prepared)
         if existing is None:
             return None
         return AddResult(
@@ -493,12 +482,10 @@ class SearchEngine:
         return results
 
     def delete(self, image_id: int) -> ImageRecord:
-        """Remove an image from catalog and index (the commit point), then its bytes from the store."""
-        record = self.collection.remove(int(image_id))
+        """Remove an image's row (the commit point, seen by every replica), then its bytes from the store."""
+        record = self.collection.remove(_as_id(image_id))
         if record is None:
             raise NotFoundError(f"no image with id {image_id} in the collection")
-        if self.replica is not None:
-            self.replica.record_deleted(record)
         try:
             self.store.delete(record.key)
         except ClipSearchError:
@@ -508,14 +495,10 @@ class SearchEngine:
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     def save(self) -> None:
-        self.collection.save()
-        if self.replica is not None:
-            self.replica.flush()
+        """Nothing to flush: every change is committed to the table when it is made (kept for callers)."""
 
     def close(self) -> None:
         self.collection.close()
-        if self.replica is not None:
-            self.replica.close()
 
     def __enter__(self) -> SearchEngine:
         return self
@@ -533,3 +516,14 @@ def _duplicate(item: PreparedImage, existing_id: int | None, existing_key: str |
         duplicate_of=existing_id,
         source=item.source,
     )
+
+
+def _as_id(image_id: object) -> int:
+    """An image id from what a caller passed (int, float or text), or NotFoundError: never a traceback."""
+    try:
+        value = int(image_id)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise NotFoundError(f"no image with id {image_id} in the collection") from None
+    if not 0 < value < 2**63:
+        raise NotFoundError(f"no image with id {image_id} in the collection")
+    return value

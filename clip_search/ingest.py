@@ -125,7 +125,7 @@ def ingest_paths(
     """Add image files to ``engine``'s collection; safe to interrupt and to run again."""
     paths = list(paths)
     report = IngestReport()
-    known = engine.catalog.known_hashes()
+    known = engine.collection.known_hashes()
     batch_size = engine.settings.model.batch_size
     workers = workers or engine.settings.ingest.decode_workers
     _ = engine.encoder.input_size  # load the model before timing and before the pool starts

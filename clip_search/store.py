@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clip_search.errors import NotFoundError, StorageError
-from clip_search.index import atomic_write, remove_stale_temp_files
+from clip_search.fileio import atomic_write, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 

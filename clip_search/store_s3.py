@@ -7,8 +7,8 @@ URL handed out always has at least half its life left.
 
 Every botocore failure is turned into a :class:`StorageError` whose message says what to do about it (wrong
 endpoint, wrong keys, missing bucket, missing permission). Keys live under an optional ``prefix`` so several
-deployments can share one bucket: ``<prefix>/images/ab/<sha256>.jpg`` for images, ``<prefix>/index/...`` for the
-collection's snapshots and per-upload records (see :mod:`clip_search.remote`).
+deployments can share one bucket: ``<prefix>/images/ab/<sha256>.jpg`` for images, ``<prefix>/collection.lance/`` for the
+collection's Lance table (see :mod:`clip_search.collection.location`).
 """
 
 from __future__ import annotations
@@ -412,3 +412,35 @@ def make_client(s3: S3Settings) -> Any:
     )
     session = boto3.session.Session()
     return session.client("s3", endpoint_url=s3.endpoint_url or None, region_name=_region(s3), config=config)
+
+
+def lance_storage_options(s3: S3Settings) -> dict[str, str]:
+    """Options for a Lance table in the same bucket, from the same settings and credential chain as the client.
+
+    boto3 resolves the credentials (environment, ~/.aws, instance role), so the table and the images always use
+    the same identity; Lance gets them explicitly instead of searching on its own.
+    """
+    import boto3
+
+    options = {
+        "region": _region(s3),
+        "connect_timeout": f"{s3.connect_timeout_s}s",
+        "timeout": f"{s3.read_timeout_s}s",
+        "virtual_hosted_style_request": str(addressing_style(s3) == "virtual").lower(),
+    }
+    if s3.endpoint_url:
+        options["endpoint"] = s3.endpoint_url
+        options["allow_http"] = str(s3.endpoint_url.startswith("http://")).lower()
+    credentials = boto3.session.Session().get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        options["aws_access_key_id"] = frozen.access_key
+        options["aws_secret_access_key"] = frozen.secret_key
+        if frozen.token:
+            options["aws_session_token"] = frozen.token
+    return options
+
+
+def lance_table_uri(s3: S3Settings) -> str:
+    """Where the collection's table lives in the bucket: beside ``images/``, under the same prefix."""
+    return f"s3://{s3.bucket}/{s3.prefix + '/' if s3.prefix else ''}"

@@ -237,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     clip = sub.add_parser("tiny-clip", help="write a tiny random CLIP checkpoint to DIR")
     clip.add_argument("dir", type=Path)
+    fill = sub.add_parser("fill", help="write a synthetic collection of N clustered vectors to DATA_DIR")
+    fill.add_argument("data_dir", type=Path)
+    fill.add_argument("--n", type=int, required=True, help="rows the collection should hold")
+    width = fill.add_mutually_exclusive_group(required=True)
+    width.add_argument("--model", help="hub id or directory: its width, recorded as made by it")
+    width.add_argument("--dim", type=int, help="vector width, recorded as a synthetic model")
+    fill.add_argument("--clusters", type=int, default=1000)
+    fill.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "tiny-model":
@@ -246,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     elif args.command == "tiny-clip":
         print(write_tiny_clip(args.dir))
+    elif args.command == "fill":
+        from clip_search.synthetic import fill as fill_collection
+
+        written = fill_collection(
+            args.data_dir, args.n, model=args.model, dim=args.dim, clusters=args.clusters, seed=args.seed
+        )
+        print(f"{written} rows written; the collection in {args.data_dir} holds {args.n}")
     return 0
 
 

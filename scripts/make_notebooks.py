@@ -75,21 +75,21 @@ def build_index_notebook() -> nbformat.NotebookNode:
         ),
         new_markdown_cell(
             "## The embeddings\n\n"
-            "Every vector is L2-normalised, so a dot product is a cosine similarity. The catalog (SQLite) is the "
-            "source of truth and holds each image's vector; the FAISS index is rebuilt from it."
+            "Every vector is L2-normalised, so a dot product is a cosine similarity. The collection's record is a "
+            "Lance table that holds each image's vector; the in-memory FAISS index is loaded from it."
         ),
         new_code_cell(
             "import numpy as np\n\n"
             "ids, vectors = [], []\n"
-            "for batch_ids, batch_vectors in engine.catalog.iter_embeddings():\n"
+            "for batch_ids, batch_vectors in engine.collection.iter_vectors():\n"
             "    ids.append(batch_ids)\n"
             "    vectors.append(batch_vectors)\n"
             "ids, vectors = np.concatenate(ids), np.concatenate(vectors)\n"
-            "records = engine.catalog.get_many(ids.tolist())\n"
+            "records = engine.collection.get_many(ids.tolist())\n"
             "names = [Path(records[i].source or records[i].key).name for i in ids.tolist()]\n"
             "norms = np.linalg.norm(vectors, axis=1)\n"
             'print(f"{len(ids)} vectors of dimension {vectors.shape[1]}, norms {norms.min():.4f}..{norms.max():.4f}")\n'
-            'print("model signature recorded in the catalog:", engine.catalog.model)'
+            'print("model recorded in the collection:", engine.collection.table.model_id)'
         ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"

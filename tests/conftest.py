@@ -51,7 +51,7 @@ def make_settings(data_dir: Path, model_dir: Path, **sections: dict) -> Settings
     settings = load_config(ROOT / "config.yaml", env={})
     settings.data_dir = data_dir
     settings.model.id = str(model_dir)
-    settings.index.save_delay_s = 0
+    settings.collection.refresh_s = 0  # every search looks for other processes' commits: deterministic tests
     for section, values in sections.items():
         target = getattr(settings, section)
         for key, value in values.items():

@@ -262,7 +262,6 @@ def make_s3_settings(data_dir: Path, model_dir: Path, server: SeaweedS3, bucket:
     settings.storage.s3.bucket = bucket
     settings.storage.s3.endpoint_url = server.endpoint
     settings.storage.s3.region = "us-east-1"
-    settings.storage.s3.snapshot_delay_s = 0
     settings.storage.s3.max_attempts = 2
     settings.storage.s3.connect_timeout_s = 2
     for key, value in s3.items():

@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lance
 import numpy as np
 import pytest
 from PIL import Image
@@ -23,8 +23,9 @@ from tests.conftest import ROOT, shared_data
 
 
 def _catalog_rows(data_dir: Path) -> list[tuple[int, str, str]]:
-    with sqlite3.connect(data_dir / "catalog.sqlite") as conn:
-        return conn.execute("SELECT id, key, sha256 FROM images ORDER BY id").fetchall()
+    """The collection table's committed rows, in commit order (read as another process would)."""
+    table = lance.dataset(str(data_dir / "collection.lance")).to_table(columns=["id", "key", "sha256"])
+    return list(zip(*(table.column(c).to_pylist() for c in ("id", "key", "sha256")), strict=True))
 
 
 def test_every_ingested_photo_finds_itself_first(engine: SearchEngine):
@@ -56,7 +57,7 @@ def test_text_search_returns_ranked_hits_with_probabilities(engine: SearchEngine
     expected = engine.encoder.probability(np.array(scores))
     np.testing.assert_allclose([h.probability for h in hits], expected, rtol=1e-4)
     expected_captions = load_captions(captions)
-    records = engine.catalog.records()
+    records = list(engine.collection.records())
     captioned = [r for r in records if r.caption]
     assert len(captioned) == sum(Path(r.source).name in expected_captions for r in records) > 0
     for record in captioned:
@@ -131,10 +132,10 @@ def test_killed_ingest_resumes_to_exactly_the_full_set(cli_env: dict[str, str], 
     deadline = time.monotonic() + 120
     committed = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        if (data_dir / "catalog.sqlite").exists():
+        if (data_dir / "collection.lance").exists():
             try:
                 committed = len(_catalog_rows(data_dir))
-            except sqlite3.OperationalError:
+            except (OSError, ValueError):
                 committed = 0
             if committed >= 20:
                 break

@@ -12,11 +12,12 @@ import pytest
 import requests
 import yaml
 
+from clip_search.bucket_sync import reindex_bucket
+from clip_search.collection import image_id
 from clip_search.engine import SearchEngine
 from clip_search.errors import StorageError
 from clip_search.images import sha256_hex
 from clip_search.ingest import ingest_folder
-from clip_search.remote import CATALOG_KEY, INDEX_KEY, MANIFEST_KEY, reindex_bucket
 from clip_search.store import content_key
 from tests.conftest import ROOT, shared_data
 from tests.s3server import SeaweedS3, make_s3_settings, s3_environment
@@ -59,11 +60,8 @@ def _run_cli(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.
 
 
 def _wipe_local_state(data_dir: Path) -> None:
-    """What a Space restart does to its disk: catalog, WAL and index gone."""
-    for path in data_dir.glob("catalog.sqlite*"):
-        path.unlink()
-    (data_dir / "index.faiss").unlink()
-    assert not any(data_dir.glob("catalog.sqlite*"))
+    """What a Space restart does to its disk: everything under the data dir gone."""
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_cli_ingest_into_the_bucket_then_wiped_disk_gives_the_same_search_results(s3_server, cli_env, tmp_path):
@@ -76,8 +74,7 @@ def test_cli_ingest_into_the_bucket_then_wiped_disk_gives_the_same_search_result
 
     keys = _bucket_keys(s3_server, bucket)
     assert {content_key(sha256_hex(p.read_bytes()), "jpg") for p in photos} <= set(keys)
-    assert sum(k.startswith("index/uploads/") for k in keys) == 16
-    assert {MANIFEST_KEY, CATALOG_KEY, INDEX_KEY} <= set(keys)
+    assert any(k.startswith("collection.lance/") for k in keys)  # the table lives in the bucket
     assert not (data_dir / "images").exists()  # no image kept on the local disk
 
     def search() -> list:
@@ -88,39 +85,21 @@ def test_cli_ingest_into_the_bucket_then_wiped_disk_gives_the_same_search_result
     before = search()
     assert len(before) == 10
     _wipe_local_state(data_dir)
-    assert search() == before  # restored from the bucket: same ids, same scores, same sources
-    assert (data_dir / "catalog.sqlite").exists() and (data_dir / "index.faiss").exists()
+    assert search() == before  # read from the bucket's table: same ids, same scores, same sources
 
 
-def test_restore_uses_the_snapshot_pair_then_records_alone(s3_env, tmp_path, tiny_model_dir):
+def test_wiped_disk_keeps_ids_and_results(s3_env, tmp_path, tiny_model_dir):
     bucket = s3_env.new_bucket()
-    settings = make_s3_settings(tmp_path / "data", tiny_model_dir, s3_env, bucket, snapshot_delay_s=60)
+    settings = make_s3_settings(tmp_path / "data", tiny_model_dir, s3_env, bucket)
     with SearchEngine(settings) as engine:
         ingest_folder(engine, _folder(tmp_path, "photos", _photos(20, 12)), progress=False)
         before = _results(engine)
-        ids = {r.key: r.id for r in engine.catalog.records()}
-        assert engine.replica.snapshots_uploaded == 1  # debounced: one snapshot for the whole ingest
-    keys = _bucket_keys(s3_env, bucket)
-    assert sum(k.startswith("index/uploads/") for k in keys) == 12
-
+        ids = {r.key: r.id for r in engine.collection.records()}
     _wipe_local_state(settings.data_dir)
     with SearchEngine(settings) as engine:
-        report = engine.replica.last_restore
-        assert report.snapshot and report.index_snapshot and report.merged == 0
         assert _results(engine) == before
-        assert {r.key: r.id for r in engine.catalog.records()} == ids
-
-    # No snapshot at all (say both writers crashed before uploading one): the per-upload records suffice.
-    client = s3_env.client()
-    for key in (MANIFEST_KEY, CATALOG_KEY, INDEX_KEY):
-        client.delete_object(Bucket=bucket, Key=key)
-    _wipe_local_state(settings.data_dir)
-    with SearchEngine(settings) as engine:
-        report = engine.replica.last_restore
-        assert not report.snapshot and report.merged == 12
-        assert _results(engine) == before
-        records = {r.key: r for r in engine.catalog.records()}
-        assert {Path(r.source).name for r in records.values()} == {p.name for p in _photos(20, 12)}
+        assert {r.key: r.id for r in engine.collection.records()} == ids
+        assert {Path(r.source).name for r in engine.collection.records()} == {p.name for p in _photos(20, 12)}
 
 
 def test_a_deleted_image_does_not_come_back_on_restore(s3_env, tmp_path, tiny_model_dir):
@@ -130,23 +109,23 @@ def test_a_deleted_image_does_not_come_back_on_restore(s3_env, tmp_path, tiny_mo
     replica_b = make_s3_settings(tmp_path / "replica-b", tiny_model_dir, s3_env, bucket)
     with SearchEngine(settings) as engine:
         ingest_folder(engine, _folder(tmp_path, "photos", _photos(40, 4)), progress=False)
-        victim = engine.catalog.records()[1]
+        victim = list(engine.collection.records())[1]
     for replica in (replica_a, replica_b):  # two other instances that hold the photo
         with SearchEngine(replica) as other:
             assert other.count() == 4
     with SearchEngine(settings) as engine:
         engine.delete(victim.id)
-    with SearchEngine(replica_a) as other:  # its own catalog is intact, but older than the deletion
-        assert other.count() == 3 and other.catalog.find_by_sha256(victim.sha256) is None
+    with SearchEngine(replica_a) as other:  # opened after the deletion elsewhere
+        assert other.count() == 3 and other.collection.find_by_sha256(victim.sha256) is None
     _wipe_local_state(settings.data_dir)
     with SearchEngine(settings) as engine:
         assert engine.count() == 3
-        assert engine.catalog.find_by_sha256(victim.sha256) is None
+        assert engine.collection.find_by_sha256(victim.sha256) is None
         assert not engine.store.exists(victim.key)
         again = engine.add_image(Path(victim.source).read_bytes(), source=victim.source)  # uploaded again
         assert again.status == "added"
     with SearchEngine(replica_b) as other:  # saw the deletion and the newer upload: keeps the photo
-        assert other.count() == 4 and other.catalog.find_by_sha256(victim.sha256) is not None
+        assert other.count() == 4 and other.collection.find_by_sha256(victim.sha256) is not None
     _wipe_local_state(settings.data_dir)
     with SearchEngine(settings) as engine:
         assert engine.count() == 4
@@ -222,10 +201,10 @@ def test_a_stopped_server_loses_nothing_and_leaves_no_half_indexed_image(private
             with pytest.raises(StorageError, match="cannot reach the endpoint"):
                 engine.add_image(late, source="late.jpg")
             assert engine.count() == 6
-            assert engine.catalog.find_by_sha256(sha256_hex(late)) is None  # nothing half-indexed
+            assert image_id(sha256_hex(late)) not in engine.collection  # nothing half-indexed
             assert _results(engine) == before  # searching still works: URLs are signed locally
         finally:
-            engine.close()  # the snapshot upload fails and is logged; the records already hold every image
+            engine.close()
         with pytest.raises(StorageError, match=r"cannot reach the endpoint .*that the server is running"):
             SearchEngine(settings)
 
@@ -234,7 +213,7 @@ def test_a_stopped_server_loses_nothing_and_leaves_no_half_indexed_image(private
         _wipe_local_state(settings.data_dir)
         with SearchEngine(settings) as engine:
             assert engine.count() == 6 and _results(engine) == before
-            for record in engine.catalog.records():
+            for record in engine.collection.records():
                 assert requests.get(engine.store.url(record.key), timeout=10).status_code == 200
             assert engine.add_image(late, source="late.jpg").status == "added"
 
@@ -243,7 +222,6 @@ def test_two_processes_uploading_to_one_bucket_lose_nothing(s3_env, cli_env, tmp
     bucket = s3_env.new_bucket()
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["model"]["batch_size"] = 2  # many small commits, interleaved between the two writers
-    config["storage"]["s3"]["snapshot_delay_s"] = 0  # every commit races to overwrite the shared snapshot
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     shared = _photos(80, 1)
@@ -267,10 +245,15 @@ def test_two_processes_uploading_to_one_bucket_lose_nothing(s3_env, cli_env, tmp
             ),
             env,
         )
+    added = {}
     for name, (proc, _) in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        assert json.loads(out)["added"] == 10, f"writer {name} did not add all its photos"
+        added[name] = json.loads(out)["added"]
+        assert added[name] >= 9, f"writer {name} did not add all its photos"
+    # The shared photo is added by whichever writer commits it first (by both, in the rare case that both commit
+    # it in the same instant: the collection then holds one image under its one content-derived id).
+    assert sum(added.values()) in (19, 20)
 
     every = {p.name: p for photos in sets.values() for p in photos}
     assert len(every) == 19
@@ -283,10 +266,6 @@ def test_two_processes_uploading_to_one_bucket_lose_nothing(s3_env, cli_env, tmp
                 hit = engine.search_image(data, k=1)[0]
                 assert hit.key == content_key(sha256_hex(data), "jpg"), f"{name}: {path.name} is missing"
                 assert hit.score == pytest.approx(1.0, abs=1e-4)
-            if name == "fresh":
-                report = engine.replica.last_restore
-                assert report.snapshot  # the last snapshot written, plus what it lacked from the records
-                assert report.merged == 19 - json.loads(engine.store.get_object(MANIFEST_KEY))["count"]
 
 
 def test_storage_init_check_and_sync(s3_server, cli_env, tmp_path, tiny_model_dir, monkeypatch):
@@ -314,7 +293,7 @@ def test_storage_init_check_and_sync(s3_server, cli_env, tmp_path, tiny_model_di
     check = _run_cli(env, "storage", "check", timeout=60)
     assert check.returncode == 0, check.stderr
     facts = json.loads(check.stdout)
-    assert facts["upload_records"] == 3 and facts["images"] == 4 and facts["snapshot"]["count"] == 3
+    assert facts["table"]["rows"] == 3 and facts["images"] == 4
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, env[key])

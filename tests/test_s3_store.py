@@ -156,7 +156,7 @@ def test_web_copies_are_resized_jpegs_in_the_bucket(s3_env: SeaweedS3, bucket, t
     with SearchEngine(settings) as engine:
         report = ingest_folder(engine, folder, progress=False)
         assert report.added == 3
-        for record in engine.catalog.records():
+        for record in engine.collection.records():
             response = requests.get(engine.store.url(record.key), timeout=10)
             assert response.headers["Content-Type"] == "image/jpeg"
             img = Image.open(io.BytesIO(response.content))

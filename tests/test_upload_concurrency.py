@@ -24,9 +24,7 @@ def photos() -> list[Path]:
 
 
 def _settings(tmp_path: Path, tiny_model_dir: Path):
-    return make_settings(
-        tmp_path / "data", tiny_model_dir, upload={"near_duplicate_threshold": 0.9999}, index={"save_delay_s": 0.5}
-    )
+    return make_settings(tmp_path / "data", tiny_model_dir, upload={"near_duplicate_threshold": 0.9999})
 
 
 def test_twenty_concurrent_uploads_with_searches(tmp_path: Path, tiny_model_dir: Path, photos: list[Path]):
@@ -45,7 +43,7 @@ def test_twenty_concurrent_uploads_with_searches(tmp_path: Path, tiny_model_dir:
                 hits = engine.search_image(query, k=100)
                 after = engine.count()
                 observed.append((before, len(hits), after))
-                records = engine.catalog.get_many([h.id for h in hits])
+                records = engine.collection.get_many([h.id for h in hits])
                 assert len(records) == len(hits)
             except BaseException as exc:  # collected and reported below
                 errors.append(exc)
@@ -64,7 +62,7 @@ def test_twenty_concurrent_uploads_with_searches(tmp_path: Path, tiny_model_dir:
     assert not errors, errors
     assert [r.status for r in results] == ["added"] * 20, [r.message for r in results]
     assert len({r.id for r in results}) == 20
-    assert engine.count() == engine.catalog.count() == 20
+    assert engine.count() == len(list(engine.collection.records())) == 20
     assert observed, "the searches ran"
     # A search sees whole uploads only: every id it returns is a committed row, and never more than exist.
     assert all(before <= hits <= after for before, hits, after in observed)
@@ -92,7 +90,7 @@ from pathlib import Path
 from clip_search.engine import SearchEngine
 from tests.conftest import make_settings
 engine = SearchEngine(make_settings(Path(sys.argv[1]), Path(sys.argv[2]),
-                      upload={"near_duplicate_threshold": 0.9999}, index={"save_delay_s": 0.2}))
+                      upload={"near_duplicate_threshold": 0.9999}))
 engine.encoder.warm_up()
 print("READY", flush=True)
 for name in sys.argv[3:]:
@@ -130,7 +128,7 @@ def test_sigkill_at_any_point_of_an_upload_loses_nothing_reported(
 
         engine = SearchEngine(make_settings(data_dir, tiny_model_dir))
         try:
-            records = {r.id: r for r in engine.catalog.records()}
+            records = {r.id: r for r in engine.collection.records()}
             assert set(reported) <= set(records), "an upload reported as added is missing"
             assert engine.count() == len(records), "index and catalog disagree"
             for record in records.values():

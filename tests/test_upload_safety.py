@@ -78,7 +78,7 @@ def _gps_rotated(photo: Image.Image) -> bytes:
 
 def _state(engine: SearchEngine) -> tuple[int, int, list[str], list[str]]:
     files = sorted(str(p.relative_to(engine.settings.data_dir)) for p in engine.settings.local_image_dir.rglob("*"))
-    return engine.catalog.count(), engine.count(), sorted(engine.store.list_keys()), files
+    return len(list(engine.collection.records())), engine.count(), sorted(engine.store.list_keys()), files
 
 
 REJECTED = {

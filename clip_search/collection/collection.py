@@ -1,0 +1,439 @@
+"""A collection: the Lance table (the record) plus the in-memory vector index derived from it, kept in step.
+
+Adding commits rows to the table first (the commit point, outside any lock) and then appends them to the index
+under a short write lock, so a search never waits behind a commit, a store write or a save. Every few seconds
+(``collection.refresh_s``, in a background thread and at the next search after that) the collection moves to the
+table's newest version and applies what other processes (replicas, the CLI, bulk jobs) added or deleted,
+reading only the fragments that changed. Nothing is written to disk per upload but the table row; an IVF index
+is cached on local disk after it is trained, so a restart does not retrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from clip_search.collection.records import ImageRecord, NewImage
+from clip_search.collection.sync import Changes, FragmentTracker, iter_vectors
+from clip_search.collection.table import CollectionTable
+from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index
+from clip_search.errors import ClipSearchError, StorageError
+from clip_search.fileio import remove_stale_temp_files
+
+log = logging.getLogger(__name__)
+
+IVF_MIN_ROWS = 1_000  # below this an exact scan takes microseconds: the collection stays flat
+TRAIN_SAMPLE = 65_536
+ROW_CACHE_SIZE = 20_000
+
+
+class RWLock:
+    """Many readers (searches) at once, or one writer (a short index update); writers are not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Collection:
+    """Thread-safe: many concurrent searches; adds, deletes and refreshes serialised."""
+
+    def __init__(
+        self,
+        table: CollectionTable,
+        *,
+        model: str,
+        model_id: str,
+        index_kind: str = "flat",
+        nlist: int | None = None,
+        nprobe: int = 16,
+        retrain_growth: float = 4.0,
+        cache_dir: Path | None = None,
+        refresh_s: float = 2.0,
+        optimize_every: int = 0,
+        keep_versions_s: float = 3600.0,
+        background: bool = True,
+    ) -> None:
+        self.table = table
+        self.model = model
+        self.model_id = model_id
+        self.index_kind = index_kind
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.retrain_growth = retrain_growth
+        self.cache_dir = cache_dir
+        self.refresh_s = refresh_s
+        self.optimize_every = optimize_every
+        self.keep_versions_s = keep_versions_s
+        self._commits = 0
+        self._housekeeping: threading.Thread | None = None
+        table.check_model(model, model_id)
+        if cache_dir is not None:
+            remove_stale_temp_files(cache_dir)
+        self._lock = RWLock()
+        self._refresh_lock = threading.Lock()  # one refresh at a time; searches never take it
+        self._tracker = FragmentTracker()
+        self._index: VectorIndex | None = None
+        self._known: set[int] = set()
+        self._pending: dict[int, int] = {}  # id -> version of our own commit, until seen in a fragment
+        self._ds = None
+        self._checked = 0.0
+        self._row_cache: OrderedDict[int, ImageRecord] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._load()
+        self._thread: threading.Thread | None = None
+        if background and refresh_s > 0:
+            self._thread = threading.Thread(target=self._refresh_loop, name="collection-refresh", daemon=True)
+            self._thread.start()
+
+    # -- loading ----------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        ds = self.table.latest()
+        self._ds = ds
+        self._checked = time.monotonic()
+        if ds is None:
+            return
+        n = ds.count_rows()
+        index = self._cached_ivf(n) if self._wants_ivf(n) else None
+        if index is not None:
+            self._index = index
+            self._known = set(index.ids().tolist())
+            self._apply(self._tracker.diff(ds, known=self._is_known, pending=np.zeros(0, np.int64)))
+        else:
+            self._index = self._new_index(ds, n)
+            bar = tqdm(total=n, desc="loading vectors", unit="img", disable=n < 200_000)
+
+            def take(ids: np.ndarray, vectors: np.ndarray) -> None:
+                self._index.add(ids, vectors)
+                self._known.update(ids.tolist())
+                bar.update(len(ids))
+
+            changes = self._tracker.diff(ds, known=self._is_known, pending=np.zeros(0, np.int64), on_vectors=take)
+            bar.close()
+            self._tracker.apply(changes)
+            self._save_ivf()
+        log.info(
+            "opened collection %s: %d images (%s index) in %.2f s",
+            self.table.uri,
+            len(self),
+            self._index.kind,
+            time.perf_counter() - started,
+        )
+
+    def _wants_ivf(self, n: int) -> bool:
+        return self.index_kind == "ivf" and n >= IVF_MIN_ROWS
+
+    def _new_index(self, ds: Any, n: int) -> VectorIndex:
+        dim = self.table.dim
+        if not self._wants_ivf(n):
+            return make_index("flat", dim, expected=n)
+        nlist = self.nlist or default_nlist(n)
+        sample = ds.sample(min(n, max(TRAIN_SAMPLE, 39 * nlist)), columns=["vector"]).column("vector")
+        vectors = sample.combine_chunks().values.to_numpy().reshape(-1, dim)
+        started = time.perf_counter()
+        index = make_index("ivf", dim, nlist=nlist, nprobe=self.nprobe, sample=vectors, expected=n)
+        log.info("trained IVF (%d lists) on %d vectors in %.1f s", nlist, len(vectors), time.perf_counter() - started)
+        return index
+
+    def _ivf_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256(f"{self.table.uri}|{self.table.name}|{self.model}".encode()).hexdigest()[:16]
+        return self.cache_dir / f"ivf-{digest}.faiss"
+
+    def _cached_ivf(self, n: int) -> VectorIndex | None:
+        path = self._ivf_path()
+        if path is None or not path.exists():
+            return None
+        try:
+            index = VectorIndex.load(path)
+        except (ValueError, OSError) as exc:
+            log.warning("cached IVF index %s is unusable (%s); retraining", path, exc)
+            return None
+        if not isinstance(index, IVFIndex) or index.dim != self.table.dim:
+            return None
+        if index.needs_retrain(n, growth=self.retrain_growth):
+            log.info("the collection grew %d -> %d since the IVF was trained: retraining", index.trained_on, n)
+            return None
+        index.nprobe = self.nprobe
+        return index
+
+    def _save_ivf(self) -> None:
+        path = self._ivf_path()
+        if path is None or not isinstance(self._index, IVFIndex):
+            return
+        with self._lock.read():
+            self._index.save(path)
+
+    # -- following other writers ------------------------------------------------------------------------------
+
+    def _is_known(self, ids: np.ndarray) -> np.ndarray:
+        known = self._known
+        return np.fromiter((int(i) in known for i in ids), dtype=bool, count=len(ids))
+
+    def refresh(self) -> Changes | None:
+        """Move to the table's newest version, applying what other processes added or deleted."""
+        with self._refresh_lock:
+            self._checked = time.monotonic()
+            ds = self.table.latest()
+            if ds is None or ds.version == self._tracker.version:
+                return None
+            if self._index is None:
+                self._load()
+                return None
+            ready = [i for i, v in self._pending.items() if v <= ds.version]
+            changes = self._tracker.diff(ds, known=self._is_known, pending=np.array(ready, dtype=np.int64))
+            for i in ready:
+                self._pending.pop(i, None)
+            self._apply(changes)
+            self._ds = ds
+            if changes.added or len(changes.removed_ids):
+                log.info(
+                    "collection moved to version %d: %d added, %d removed elsewhere",
+                    ds.version,
+                    changes.added,
+                    len(changes.removed_ids),
+                )
+            return changes
+
+    def _apply(self, changes: Changes) -> None:
+        with self._lock.write():
+            if len(changes.removed_ids):
+                self._index.remove(changes.removed_ids)
+                self._known.difference_update(changes.removed_ids.tolist())
+            for ids, vectors in zip(changes.added_ids, changes.added_vectors, strict=True):
+                fresh = ~self._is_known(ids)
+                self._index.add(ids[fresh], vectors[fresh])
+                self._known.update(ids[fresh].tolist())
+        self._tracker.apply(changes)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # a flaky network must not kill the thread: try again next time
+                log.exception("refreshing the collection failed; will retry")
+
+    def maybe_refresh(self) -> None:
+        """Refresh now if the last look at the table is older than ``refresh_s`` (a failure is logged: searches
+        go on over what the index holds)."""
+        if time.monotonic() - self._checked >= self.refresh_s:
+            try:
+                self.refresh()
+            except StorageError as exc:
+                log.warning("could not look for changes in the collection: %s", exc)
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index) if self._index is not None else 0
+
+    @property
+    def dim(self) -> int | None:
+        return self._index.dim if self._index is not None else None
+
+    def search(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] = ()) -> list[list[tuple[int, float]]]:
+        """Top-k (image id, cosine) per query vector, best first."""
+        self.maybe_refresh()
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        with self._lock.read():
+            if self._index is None or len(self._index) == 0:
+                return [[] for _ in range(len(queries))]
+            if queries.shape[1] != self._index.dim:
+                raise ClipSearchError(f"query has {queries.shape[1]} dimensions, the collection {self._index.dim}")
+            scores, ids = self._index.search(queries, k + len(exclude))
+        excluded = {int(i) for i in exclude}
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits = [
+                (int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0 and i not in excluded
+            ]
+            results.append(hits[:k])
+        return results
+
+    def __contains__(self, image_id: int) -> bool:
+        return int(image_id) in self._known
+
+    def get(self, image_id: int) -> ImageRecord | None:
+        return self.get_many([image_id]).get(int(image_id))
+
+    def get_many(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Rows of images that are in the collection as this process sees it (deleted ones are left out).
+
+        Rows never change once written, so recently shown ones are kept in a small cache: popular results cost
+        no table read, and results already seen still show while the table's server is briefly unreachable.
+        """
+        wanted = [int(i) for i in image_ids if int(i) in self._known]
+        with self._cache_lock:
+            found = {i: self._row_cache[i] for i in wanted if i in self._row_cache}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            fetched = self.table.get_many(self._current(), missing)
+            found.update(fetched)
+            with self._cache_lock:
+                self._row_cache.update(fetched)
+                while len(self._row_cache) > ROW_CACHE_SIZE:
+                    self._row_cache.popitem(last=False)
+        return found
+
+    def embedding(self, image_id: int) -> np.ndarray | None:
+        if int(image_id) not in self._known:
+            return None
+        ids, vectors = self.table.vectors(self._current(), [int(image_id)])
+        return vectors[0].copy() if len(ids) else None
+
+    def find_by_sha256(self, sha256: str) -> ImageRecord | None:
+        record = self.table.find_by_sha256(self._current(), sha256)
+        return record if record is not None and record.id in self._known else None
+
+    def find_by_key(self, key: str) -> ImageRecord | None:
+        return self.table.find_by_key(self._current(), key)
+
+    def known_hashes(self) -> set[str]:
+        return self.table.hashes(self._current())
+
+    def records(self) -> Iterator[ImageRecord]:
+        """Every image's row once (two writers committing the same photo at once leave two rows of one id)."""
+        seen: set[int] = set()
+        for record in self.table.iter_records(self._current()):
+            if record.id not in seen and record.id in self._known:
+                seen.add(record.id)
+                yield record
+
+    def iter_vectors(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) batches of every row, straight from the table (for notebooks and exports)."""
+        ds = self._current()
+        if ds is not None:
+            yield from iter_vectors(ds)
+
+    def _current(self) -> Any:
+        """The dataset version to read rows from: the newest one we have seen (our own commits included)."""
+        return self._ds
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    def add(self, images: Sequence[NewImage]) -> list[int | None]:
+        """Commit images to the table, then to the index; None for an image the collection already holds."""
+        if not images:
+            return []
+        new: dict[int, NewImage] = {}  # position -> image
+        seen: set[int] = set()
+        for pos, img in enumerate(images):
+            if img.id not in self._known and img.id not in seen:
+                seen.add(img.id)
+                new[pos] = img
+        if new:
+            version = self.table.add(list(new.values()), model=self.model, model_id=self.model_id)
+            ids = np.array([img.id for img in new.values()], dtype=np.int64)
+            vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in new.values()])
+            with self._lock.write():
+                if self._index is None:
+                    self._index = make_index("flat", vectors.shape[1])
+                self._index.add(ids, vectors)
+                self._known.update(ids.tolist())
+                self._pending.update((int(i), version) for i in ids)
+            self._ds = self.table.latest()
+            self._count_commit()
+        return [img.id if pos in new else None for pos, img in enumerate(images)]
+
+    def remove(self, image_id: int) -> ImageRecord | None:
+        """Delete an image's row (the commit point), then drop it from the index."""
+        record = self.get(image_id)
+        if record is None:
+            return None
+        self.table.delete([record.id])
+        with self._lock.write():
+            if self._index is not None:
+                self._index.remove(np.array([record.id], dtype=np.int64))
+            self._known.discard(record.id)
+        self._ds = self.table.latest()
+        return record
+
+    def _count_commit(self) -> None:
+        """Every ``optimize_every`` commits of this process, compact the table in the background."""
+        self._commits += 1
+        if not self.optimize_every or self._commits % self.optimize_every:
+            return
+        if self._housekeeping is not None and self._housekeeping.is_alive():
+            return
+
+        def run() -> None:
+            try:
+                self.table.optimize(keep_versions_s=self.keep_versions_s)
+            except Exception:  # another process optimizing at the same moment, a network error...
+                log.exception("background optimize of the collection table failed; will try again later")
+
+        self._housekeeping = threading.Thread(target=run, name="collection-optimize", daemon=True)
+        self._housekeeping.start()
+
+    def optimize(self, *, keep_versions_s: float = 3600.0) -> dict[str, Any]:
+        """Compact the table and drop old versions; retrain the IVF index if the collection outgrew it."""
+        report = self.table.optimize(keep_versions_s=keep_versions_s)
+        self.refresh()
+        if isinstance(self._index, IVFIndex) and self._index.needs_retrain(len(self), growth=self.retrain_growth):
+            ds = self.table.latest()
+            fresh = self._new_index(ds, ds.count_rows())
+            tracker = FragmentTracker()
+            changes = tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=np.zeros(0, np.int64))
+            for ids, vectors in zip(changes.added_ids, changes.added_vectors, strict=True):
+                fresh.add(ids, vectors)
+            with self._lock.write():
+                self._index, self._tracker = fresh, tracker
+                tracker.apply(changes)
+            report["retrained"] = True
+        self._save_ivf()
+        return report
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in (self._thread, self._housekeeping):
+            if thread is not None:
+                thread.join(timeout=60)
+        try:
+            self._save_ivf()
+        except OSError as exc:
+            log.warning("could not cache the IVF index: %s", exc)

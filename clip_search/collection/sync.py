@@ -1,0 +1,135 @@
+"""Following the table: what changed since the version we last read, reading only the fragments that changed.
+
+A Lance table is a list of fragments (files of rows); an append adds a fragment, a delete gives a fragment a new
+deletion file, a compaction replaces fragments by others holding the same rows. So it is enough to remember, per
+fragment, its signature and the ids it held: a fragment that is new or whose signature changed is read again
+(its ids first, and its vectors only if it holds ids the index lacks), and ids that were in changed or vanished
+fragments and are in none of their successors were deleted. This needs no old version of the table to still
+exist (a cleanup may have removed them) and no coordination with the writers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 65_536
+
+
+def _signature(fragment: Any) -> tuple:
+    meta = fragment.metadata
+    deletion = meta.deletion_file
+    dele = None if deletion is None else (deletion.id, deletion.read_version, deletion.num_deleted_rows)
+    return (meta.physical_rows, dele)
+
+
+@dataclass
+class Changes:
+    """What the index must do to match a version of the table."""
+
+    version: int
+    fragments: dict[int, tuple[tuple, np.ndarray]]  # the table's fragments at ``version``: signature, ids
+    added_ids: list[np.ndarray] = field(default_factory=list)
+    added_vectors: list[np.ndarray] = field(default_factory=list)
+    removed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def added(self) -> int:
+        return sum(len(a) for a in self.added_ids)
+
+
+class FragmentTracker:
+    """The fragments (and their ids) of the table version the index reflects."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self._fragments: dict[int, tuple[tuple, np.ndarray]] = {}
+
+    def diff(
+        self,
+        ds: Any,
+        *,
+        known: Callable[[np.ndarray], np.ndarray],
+        pending: np.ndarray,
+        on_vectors: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ) -> Changes:
+        """Changes from the tracked version to ``ds``. ``known(ids)`` says which ids the index holds; ``pending``
+        are ids this process added and has not yet seen in a fragment (they vanish if deleted meanwhile).
+
+        With ``on_vectors`` (a first load), new vectors are handed over batch by batch instead of collected.
+        """
+        changes = Changes(version=ds.version, fragments={})
+        gone: list[np.ndarray] = [pending]
+        arrived: list[np.ndarray] = []
+        current = {f.fragment_id: f for f in ds.get_fragments()}
+        for fid, old in self._fragments.items():
+            if fid not in current or _signature(current[fid]) != old[0]:
+                gone.append(old[1])
+        for fid, fragment in current.items():
+            sig = _signature(fragment)
+            old = self._fragments.get(fid)
+            if old is not None and old[0] == sig:
+                changes.fragments[fid] = old
+                continue
+            ids = self._read_fragment(fragment, known, changes, on_vectors)
+            changes.fragments[fid] = (sig, ids)
+            arrived.append(ids)
+        was = np.concatenate(gone) if gone else np.zeros(0, dtype=np.int64)
+        now = np.concatenate(arrived) if arrived else np.zeros(0, dtype=np.int64)
+        removed = np.setdiff1d(was, now)
+        changes.removed_ids = removed[known(removed)] if len(removed) else removed
+        return changes
+
+    def _read_fragment(
+        self,
+        fragment: Any,
+        known: Callable[[np.ndarray], np.ndarray],
+        changes: Changes,
+        on_vectors: Callable[[np.ndarray, np.ndarray], None] | None,
+    ) -> np.ndarray:
+        """The fragment's ids; the vectors of those the index lacks go to ``changes`` (or ``on_vectors``)."""
+        if on_vectors is not None:  # first load: everything is new, read ids and vectors in one pass
+            parts = []
+            for ids, vectors in iter_vectors(fragment):
+                on_vectors(ids, vectors)
+                parts.append(ids)
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        ids = fragment.to_table(columns=["id"]).column("id").to_numpy().astype(np.int64, copy=False)
+        new = ~known(ids)
+        if new.any():
+            wanted = ids[new]
+            for batch_ids, vectors in iter_vectors(fragment):
+                mask = np.isin(batch_ids, wanted)
+                if mask.any():
+                    changes.added_ids.append(batch_ids[mask])
+                    changes.added_vectors.append(vectors[mask])
+        return ids
+
+    def apply(self, changes: Changes) -> None:
+        self._fragments = changes.fragments
+        self.version = changes.version
+
+
+def iter_vectors(source: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) batches of a Lance dataset or fragment, as zero-copy numpy views of Arrow buffers."""
+    for batch in source.to_batches(columns=["id", "vector"], batch_size=READ_BATCH):
+        if batch.num_rows:
+            yield ids_and_vectors(batch)
+
+
+def ids_and_vectors(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-copy numpy views of the id and vector columns (no per-row Python work)."""
+    ids = table.column("id")
+    vectors = table.column("vector")
+    if isinstance(ids, pa.ChunkedArray):
+        ids, vectors = ids.combine_chunks(), vectors.combine_chunks()
+    dim = vectors.type.list_size
+    flat = vectors.values.to_numpy(zero_copy_only=False)[vectors.offset * dim : (vectors.offset + len(vectors)) * dim]
+    return ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), flat.reshape(-1, dim)

@@ -1,0 +1,325 @@
+"""The collection's record: one Lance table on local disk or in the bucket, shared by every process.
+
+Lance gives what a home-made catalog had to fake: atomic commits from several writers that do not coordinate
+(replicas, the CLI, bulk jobs), versions, and a columnar file that reads a million vectors in seconds. One row per
+image holds its storage key, hashes, size, caption, metadata, time, model and L2-normalised vector. The model and
+the schema version are recorded in the table's schema metadata, so a table made by another model is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from clip_search.collection.records import ImageRecord, NewImage, is_sha256
+from clip_search.collection.sync import ids_and_vectors
+from clip_search.errors import CatalogError, ModelMismatchError, StorageError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 1 was the SQLite catalog (see clip_search.collection.migrate)
+_META_SCHEMA = b"clip_search.schema_version"
+_META_MODEL = b"clip_search.model"
+_META_MODEL_ID = b"clip_search.model_id"
+RECORD_COLUMNS = [
+    "id",
+    "key",
+    "sha256",
+    "source_sha256",
+    "width",
+    "height",
+    "source",
+    "caption",
+    "metadata",
+    "added_at",
+]
+
+
+def table_schema(dim: int, *, model: str, model_id: str) -> pa.Schema:
+    """Version 2 of the collection's schema; the vector is a fixed-size list so Lance stores it flat."""
+    fields = [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("source_sha256", pa.string()),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("metadata", pa.string()),  # a JSON object
+        pa.field("added_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+    ]
+    meta = {_META_SCHEMA: str(SCHEMA_VERSION).encode(), _META_MODEL: model.encode(), _META_MODEL_ID: model_id.encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def table_io(action: str) -> Iterator[None]:
+    """Lance's I/O errors (a stopped server, wrong credentials, a network cut) as a :class:`StorageError`.
+
+    The message says what failed in words; Lance's own text (endpoint, object path) goes to the log only.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, pa.ArrowException) as exc:
+        text = str(exc)
+        if isinstance(exc, ValueError) and "LanceError(IO)" not in text and "error sending request" not in text:
+            raise
+        log.warning("collection table: %s failed: %s", action, text)
+        if "error sending request" in text or "Connection refused" in text or "timed out" in text:
+            raise StorageError(
+                f"cannot reach the endpoint of the collection's table while {action}: check that the server "
+                "is running and S3_ENDPOINT_URL"
+            ) from None
+        raise StorageError(f"the collection's table could not be read or written while {action}") from None
+
+
+class CollectionTable:
+    """A Lance table of images: created on the first add (its vector width comes from the model)."""
+
+    def __init__(self, uri: str, *, name: str = "collection", storage_options: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        self.name = name
+        self._options = storage_options
+        with table_io("opening the collection"):
+            self._db = lancedb.connect(uri, storage_options=storage_options)
+            self._table = self._open()
+        self._check_schema()
+
+    def _open(self) -> Any:
+        try:
+            return self._db.open_table(self.name)
+        except ValueError as exc:
+            if "not found" in str(exc).lower():
+                return None
+            raise
+
+    def _check_schema(self) -> None:
+        if self._table is None:
+            return
+        version = int((self._table.schema.metadata or {}).get(_META_SCHEMA, b"0"))
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"the collection's table has schema version {version}, newer than this clip-search "
+                f"understands ({SCHEMA_VERSION}): upgrade clip-search"
+            )
+
+    # -- facts ------------------------------------------------------------------------------------------------
+
+    def _meta(self, key: bytes) -> str | None:
+        if self._table is None:
+            return None
+        value = (self._table.schema.metadata or {}).get(key)
+        return value.decode() if value else None
+
+    @property
+    def exists(self) -> bool:
+        return self._table is not None
+
+    @property
+    def model(self) -> str | None:
+        """The signature of the model whose vectors the table holds (None before the first image)."""
+        return self._meta(_META_MODEL)
+
+    @property
+    def model_id(self) -> str | None:
+        """The model id or path that was configured when the table was made."""
+        return self._meta(_META_MODEL_ID)
+
+    @property
+    def dim(self) -> int | None:
+        if self._table is None:
+            return None
+        return self._table.schema.field("vector").type.list_size
+
+    def check_model(self, model: str, model_id: str) -> None:
+        """Refuse to mix vectors of two models: their similarities would mean nothing."""
+        recorded = self.model
+        if recorded is not None and recorded != model:
+            raise ModelMismatchError(
+                f"this collection was indexed with model '{self.model_id or recorded}', but '{model_id}' is "
+                "configured: set model.id (or CLIP_SEARCH_MODEL) back to that model, or use another data_dir / "
+                "bucket prefix for a new collection"
+            )
+
+    # -- versions ---------------------------------------------------------------------------------------------
+
+    def latest(self) -> Any:
+        """The newest committed version as a Lance dataset (an immutable snapshot, safe to read from threads)."""
+        if self._table is None:
+            self._table = self._open()
+            self._check_schema()
+            if self._table is None:
+                return None
+        with table_io("looking for changes"):
+            self._table.checkout_latest()
+            return self._table.to_lance()
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    def add(self, images: Sequence[NewImage], *, model: str, model_id: str) -> int:
+        """Commit rows in one transaction (the moment they count as added); returns the new version."""
+        dim = int(np.asarray(images[0].embedding).shape[-1])
+        self._prepare(dim, model=model, model_id=model_id)
+        return self.append(self._arrow(images, model=model))
+
+    def _prepare(self, dim: int, *, model: str, model_id: str) -> None:
+        """Create the table on first use; refuse rows of another model or width."""
+        if self._table is None:
+            with table_io("creating the collection"):
+                self._table = self._db.create_table(
+                    self.name, schema=table_schema(dim, model=model, model_id=model_id), exist_ok=True
+                )
+        self.check_model(model, model_id)
+        if self.dim != dim:
+            raise ModelMismatchError(f"the collection holds {self.dim}-d vectors, refusing {dim}-d ones")
+
+    def append(self, rows: pa.Table) -> int:
+        """Commit Arrow rows of this table's schema in one transaction; returns the new version."""
+        with table_io("adding images"):
+            return int(self._table.add(rows).version)
+
+    def append_vectors(self, rows: dict[str, Any], vectors: np.ndarray, *, model: str, model_id: str) -> int:
+        """Bulk path (synthetic collections, bulk jobs): columns as lists, vectors as one (n, dim) array."""
+        self._prepare(vectors.shape[1], model=model, model_id=model_id)
+        n = len(vectors)
+        columns = dict(rows)
+        columns.setdefault("added_at", [_now()] * n)
+        columns.setdefault("model", [model] * n)
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+        for field in self._table.schema:
+            columns.setdefault(field.name, [None] * n)
+        return self.append(pa.table(columns, schema=self._table.schema))
+
+    def _arrow(self, images: Sequence[NewImage], *, model: str) -> pa.Table:
+        vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in images])
+        now = _now()
+        columns = {
+            "id": [img.id for img in images],
+            "key": [img.key for img in images],
+            "sha256": [img.sha256 for img in images],
+            "source_sha256": [img.source_sha256 for img in images],
+            "width": [int(img.width) for img in images],
+            "height": [int(img.height) for img in images],
+            "source": [img.source for img in images],
+            "caption": [img.caption for img in images],
+            "metadata": [json.dumps(img.metadata, ensure_ascii=False) for img in images],
+            "added_at": [datetime.fromisoformat(img.added_at) if img.added_at else now for img in images],
+            "model": [model] * len(images),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        }
+        return pa.table(columns, schema=self._table.schema)
+
+    def delete(self, image_ids: Sequence[int]) -> None:
+        if self._table is not None and image_ids:
+            with table_io("deleting images"):
+                self._table.delete(_id_filter(image_ids))
+
+    def optimize(self, *, keep_versions_s: float) -> dict[str, Any]:
+        """Compact small fragments, index the lookup columns, drop versions older than ``keep_versions_s``.
+
+        Safe while others read and write: Lance commits a compaction like any other change, and readers only
+        ever hold versions newer than the cleanup horizon (they move to the latest every few seconds).
+        """
+        if self._table is None:
+            return {}
+        before = len(self._table.to_lance().get_fragments())
+        self._ensure_scalar_indices()
+        stats = self._table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))
+        after = len(self.latest().get_fragments())
+        log.info("optimized the collection table: %d fragments -> %d", before, after)
+        return {"fragments_before": before, "fragments_after": after, "stats": str(stats)}
+
+    def _ensure_scalar_indices(self) -> None:
+        have = {tuple(ix.columns) for ix in self._table.list_indices()}
+        for column in ("id", "sha256", "source_sha256", "key"):
+            if (column,) not in have and self._table.count_rows() > 0:
+                self._table.create_scalar_index(column, index_type="BTREE")
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    def _read(self, ds: Any, where: str, columns: list[str], limit: int | None = None) -> pa.Table:
+        if ds is None:
+            return pa.table({c: [] for c in columns})
+        with table_io("reading image rows"):
+            return ds.to_table(columns=columns, filter=where, limit=limit)
+
+    def records_where(self, ds: Any, where: str, limit: int | None = None) -> list[ImageRecord]:
+        return _records(self._read(ds, where, RECORD_COLUMNS, limit))
+
+    def get_many(self, ds: Any, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
+        if not image_ids:
+            return {}
+        return {r.id: r for r in self.records_where(ds, _id_filter(image_ids))}
+
+    def find_by_sha256(self, ds: Any, sha256: str) -> ImageRecord | None:
+        """The image whose stored or original bytes have this hash."""
+        if not is_sha256(sha256):
+            return None
+        found = self.records_where(ds, f"sha256 = '{sha256}' OR source_sha256 = '{sha256}'", limit=1)
+        return found[0] if found else None
+
+    def find_by_key(self, ds: Any, key: str) -> ImageRecord | None:
+        quoted = key.replace("'", "''")
+        found = self.records_where(ds, f"key = '{quoted}'", limit=1)
+        return found[0] if found else None
+
+    def vectors(self, ds: Any, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the rows that exist among ``image_ids``."""
+        table = self._read(ds, _id_filter(image_ids), ["id", "vector"]) if image_ids else None
+        if table is None or table.num_rows == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32)
+        return ids_and_vectors(table)
+
+    def hashes(self, ds: Any) -> set[str]:
+        """Every stored and original sha256, for skipping files an ingest has already seen."""
+        if ds is None:
+            return set()
+        with table_io("reading image hashes"):
+            table = ds.to_table(columns=["sha256", "source_sha256"])
+        known = set(table.column("sha256").to_pylist())
+        known.update(s for s in table.column("source_sha256").to_pylist() if s)
+        return known
+
+    def iter_records(self, ds: Any, *, batch_size: int = 4096) -> Iterator[ImageRecord]:
+        if ds is None:
+            return
+        for batch in ds.to_batches(columns=RECORD_COLUMNS, batch_size=batch_size):
+            yield from _records(pa.Table.from_batches([batch]))
+
+
+def _id_filter(image_ids: Sequence[int]) -> str:
+    return f"id IN ({', '.join(str(int(i)) for i in image_ids)})"
+
+
+def _records(table: pa.Table) -> list[ImageRecord]:
+    rows = table.to_pylist()
+    return [
+        ImageRecord(
+            id=row["id"],
+            key=row["key"],
+            sha256=row["sha256"],
+            source_sha256=row["source_sha256"],
+            width=row["width"],
+            height=row["height"],
+            source=row["source"],
+            caption=row["caption"],
+            metadata=json.loads(row["metadata"] or "{}"),
+            added_at=row["added_at"].isoformat(),
+        )
+        for row in rows
+    ]

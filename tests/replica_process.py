@@ -1,0 +1,48 @@
+"""An engine in its own process, driven over stdin/stdout with one JSON command a line (tests of live replicas).
+
+``python -m tests.replica_process`` reads settings from the environment (CLIP_SEARCH_CONFIG, CLIP_SEARCH_MODEL,
+CLIP_SEARCH_DATA_DIR, the S3 variables) exactly as the app does, and answers each command with one JSON line.
+Started with subprocess (a fresh interpreter, never a fork of a process that used lancedb).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from clip_search.config import load_config
+from clip_search.engine import SearchEngine
+
+
+def main() -> None:
+    settings = load_config()
+    settings.upload.near_duplicate_threshold = 0.9999  # the tiny model's vectors are close to one another
+    settings.collection.refresh_s = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    engine = SearchEngine(settings)
+    engine.encoder.warm_up()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if "upload" in command:
+            results = [engine.upload(Path(p).read_bytes(), filename=Path(p).name) for p in command["upload"]]
+            answer = {"ids": [r.id for r in results], "status": [r.status for r in results]}
+        elif "find" in command:
+            hits = engine.search_image(Path(command["find"]).read_bytes(), k=1)
+            answer = {"id": hits[0].id if hits else None, "score": hits[0].score if hits else None}
+        elif "delete" in command:
+            answer = {"deleted": engine.delete(command["delete"]).id}
+        elif "wait_count" in command:
+            deadline = time.monotonic() + command["timeout"]
+            while engine.count() != command["wait_count"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            answer = {"count": engine.count(), "stats": engine.stats()["images"]}
+        else:
+            break
+        print(json.dumps(answer), flush=True)
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
