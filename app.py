@@ -9,7 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clip_search.config import Settings
 
 PERSISTENT = Path("/data")  # Hugging Face Spaces' persistent storage, when the Space has it
 
@@ -35,7 +40,8 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def main() -> None:
+def main() -> int:
+    """Start the app; a problem the user can fix (model, config, storage) is one short message, not a traceback."""
     use_persistent_storage()
     _stop_on_sigterm()
     logging.basicConfig(
@@ -44,20 +50,33 @@ def main() -> None:
     )
 
     from clip_search.config import load_config
+    from clip_search.errors import ClipSearchError
     from clip_search.logs import quiet_third_party
 
     quiet_third_party(logging.INFO)
     logging.getLogger("faiss").setLevel(logging.WARNING)
-    log = logging.getLogger("clip_search.app")
-    settings = load_config()  # also reads .env
+    try:
+        serve(load_config())  # also reads .env
+    except ClipSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
+
+def serve(settings: Settings) -> None:
+    """Load the model (when ``model.warm_up``: a wrong model fails before any data is touched), open the
+    collection and serve until stopped."""
+    log = logging.getLogger("clip_search.app")
+
+    from clip_search.encoder import HFEncoder
     from clip_search.engine import SearchEngine
     from clip_search.ui import build_app, launch_options, queue_options, serve_local_images
 
-    engine = SearchEngine(settings)
+    encoder = HFEncoder.from_settings(settings.model)
     if settings.model.warm_up:
         log.info("loading the model %s", settings.model.id)
-        engine.encoder.warm_up()
+        encoder.warm_up()
+    engine = SearchEngine(settings, encoder=encoder)
     log.info("collection: %d images, store: %s", engine.count(), engine.store.describe())
     serve_local_images(engine)
     demo = build_app(engine)
@@ -73,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

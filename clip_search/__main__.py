@@ -15,15 +15,20 @@ from clip_search.logs import quiet_third_party
 log = logging.getLogger("clip_search")
 
 
-def _engine(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to keep --help fast
+def _engine(args: argparse.Namespace, *, load_model: bool = False):  # noqa: ANN202 - lazy imports keep --help fast
     from clip_search.config import load_config
+    from clip_search.encoder import HFEncoder
     from clip_search.engine import SearchEngine
 
     if args.model:
         os.environ["CLIP_SEARCH_MODEL"] = args.model
     if args.data_dir:
         os.environ["CLIP_SEARCH_DATA_DIR"] = str(args.data_dir)
-    return SearchEngine(load_config(args.config))
+    settings = load_config(args.config)
+    encoder = HFEncoder.from_settings(settings.model)
+    if load_model:
+        encoder.load()  # a model that cannot be had fails before the collection is opened (or created)
+    return SearchEngine(settings, encoder=encoder)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -31,7 +36,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     if not args.samples and args.path is None:
         raise ClipSearchError("give a folder to ingest, or --samples for the sample photos")
-    with _engine(args) as engine:
+    with _engine(args, load_model=True) as engine:
         if args.samples:
             report = ingest_samples(engine, progress=not args.quiet)
         else:
@@ -50,7 +55,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.image is None):
         raise ClipSearchError('give either a text query ("a dog on a beach") or --image PATH')
-    with _engine(args) as engine:
+    with _engine(args, load_model=True) as engine:
         if args.image is not None:
             try:
                 data = Path(args.image).read_bytes()

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from clip_search.errors import ClipSearchError, EmptyQueryError
+from clip_search.model_source import load_checkpoint
 
 if TYPE_CHECKING:
     from clip_search.config import ModelSettings
@@ -161,25 +162,11 @@ class HFEncoder:
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModel, AutoProcessor
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {}
-        if self.revision:
-            kwargs["revision"] = self.revision
-        try:
-            model = AutoModel.from_pretrained(self.model_id, **kwargs)
-            # The PIL backend is SigLIP's reference preprocessing and needs no torchvision.
-            processor = AutoProcessor.from_pretrained(self.model_id, backend="pil", **kwargs)
-        except OSError as exc:
-            raise ClipSearchError(
-                f"cannot load model '{self.model_id}': {exc}\n"
-                "Give a Hugging Face hub id that is in the local cache (or reachable), or a local directory "
-                "holding config.json, the weights and the processor files (set model.id in config.yaml or "
-                "CLIP_SEARCH_MODEL)."
-            ) from exc
+        model, processor = load_checkpoint(self.model_id, self.revision)
         if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
             raise ClipSearchError(
                 f"model '{self.model_id}' ({type(model).__name__}) is not a dual text/image encoder such as "
