@@ -91,7 +91,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     model = HFEncoder.from_settings(settings.model).name
     collection = open_collection(settings, model=model, background=False)
     try:
-        report = collection.optimize(keep_versions_s=args.keep_versions_s)
+        keep = settings.collection.keep_versions_s if args.keep_versions_s is None else args.keep_versions_s
+        report = collection.optimize(keep_versions_s=keep)
     finally:
         collection.close()
     print(json.dumps(dict(report, images=len(collection)), indent=2))
@@ -126,7 +127,7 @@ def add_commands(sub: Any) -> None:
     optimize.add_argument(
         "--keep-versions-s",
         type=float,
-        default=3600.0,
-        help="keep table versions younger than this many seconds (readers of older ones would fail; default 3600)",
+        default=None,
+        help="keep table versions younger than this many seconds (default: collection.keep_versions_s)",
     )
     optimize.set_defaults(func=cmd_optimize)
