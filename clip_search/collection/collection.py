@@ -229,8 +229,8 @@ class Collection:
             changes = self._tracker.diff(ds, known=self._is_known, pending=np.array(ready, dtype=np.int64))
             for i in ready:
                 self._pending.pop(i, None)
+            self._advance(ds)  # rows are readable before their ids can be found by a search
             self._apply(changes)
-            self._ds = ds
             if changes.added or len(changes.removed_ids):
                 log.info(
                     "collection moved to version %d: %d added, %d removed elsewhere",
@@ -313,6 +313,10 @@ class Collection:
         missing = [i for i in wanted if i not in found]
         if missing:
             fetched = self.table.get_many(self._current(), missing)
+            if len(fetched) < len(missing):  # committed a moment ago by another thread: read the newest version
+                latest = self.table.latest()
+                self._advance(latest)
+                fetched.update(self.table.get_many(latest, [i for i in missing if i not in fetched]))
             found.update(fetched)
             with self._cache_lock:
                 self._row_cache.update(fetched)
@@ -350,6 +354,12 @@ class Collection:
         if ds is not None:
             yield from iter_vectors(ds)
 
+    def _advance(self, ds: Any) -> None:
+        """Read rows from ``ds`` from now on, unless a newer version is already in use (threads race here)."""
+        with self._cache_lock:
+            if ds is not None and (self._ds is None or ds.version > self._ds.version):
+                self._ds = ds
+
     def _current(self) -> Any:
         """The dataset version to read rows from: the newest one we have seen (our own commits included)."""
         return self._ds
@@ -370,13 +380,15 @@ class Collection:
             version = self.table.add(list(new.values()), model=self.model, model_id=self.model_id)
             ids = np.array([img.id for img in new.values()], dtype=np.int64)
             vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in new.values()])
+            self._advance(self.table.latest())  # rows are readable before their ids can be found by a search
             with self._lock.write():
                 if self._index is None:
                     self._index = make_index("flat", vectors.shape[1])
-                self._index.add(ids, vectors)
-                self._known.update(ids.tolist())
-                self._pending.update((int(i), version) for i in ids)
-            self._ds = self.table.latest()
+                # A refresh on another thread may have read our fragment and added these rows already.
+                fresh = ~self._is_known(ids)
+                self._index.add(ids[fresh], vectors[fresh])
+                self._known.update(ids[fresh].tolist())
+                self._pending.update((int(i), version) for i in ids[fresh])
             self._count_commit()
         return [img.id if pos in new else None for pos, img in enumerate(images)]
 
@@ -390,7 +402,7 @@ class Collection:
             if self._index is not None:
                 self._index.remove(np.array([record.id], dtype=np.int64))
             self._known.discard(record.id)
-        self._ds = self.table.latest()
+        self._advance(self.table.latest())
         return record
 
     def _count_commit(self) -> None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import lance
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -165,9 +166,8 @@ class CollectionTable:
             self._check_schema()
             if self._table is None:
                 return None
-        with table_io("looking for changes"):
-            self._table.checkout_latest()
-            return self._table.to_lance()
+        with table_io("looking for changes"):  # a fresh handle: lancedb's shared one can lag under threads
+            return lance.dataset(self._table.uri, storage_options=self._options)
 
     # -- writes -----------------------------------------------------------------------------------------------
 
