@@ -117,6 +117,8 @@ class Collection:
         self._index: VectorIndex | None = None
         self._known: set[int] = set()
         self._pending: dict[int, int] = {}  # id -> version of our own commit, until seen in a fragment
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # check-then-commit of this process's adds
         self._ds = None
         self._checked = 0.0
         self._row_cache: OrderedDict[int, ImageRecord] = OrderedDict()
@@ -225,12 +227,11 @@ class Collection:
             if self._index is None:
                 self._load()
                 return None
-            ready = [i for i, v in self._pending.items() if v <= ds.version]
-            changes = self._tracker.diff(ds, known=self._is_known, pending=np.array(ready, dtype=np.int64))
-            for i in ready:
-                self._pending.pop(i, None)
+            with self._pending_lock:
+                ready = np.array([i for i, v in self._pending.items() if v <= ds.version], dtype=np.int64)
+            changes = self._tracker.diff(ds, known=self._is_known, pending=ready)
             self._advance(ds)  # rows are readable before their ids can be found by a search
-            self._apply(changes)
+            self._apply(changes, resolved=ready)
             if changes.added or len(changes.removed_ids):
                 log.info(
                     "collection moved to version %d: %d added, %d removed elsewhere",
@@ -240,7 +241,13 @@ class Collection:
                 )
             return changes
 
-    def _apply(self, changes: Changes) -> None:
+    def _apply(self, changes: Changes, *, resolved: np.ndarray | None = None) -> None:
+        """Update the index and the tracked fragments in one step under the write lock.
+
+        Our own uploads stay "pending" until a refresh has seen them in a fragment (or, once the table is past
+        their commit, has not: then another process deleted them). A refresh running beside an upload may read
+        its fragment before the upload registers as pending, so every id seen here stops being pending.
+        """
         with self._lock.write():
             if len(changes.removed_ids):
                 self._index.remove(changes.removed_ids)
@@ -249,7 +256,14 @@ class Collection:
                 fresh = ~self._is_known(ids)
                 self._index.add(ids[fresh], vectors[fresh])
                 self._known.update(ids[fresh].tolist())
-        self._tracker.apply(changes)
+            self._tracker.apply(changes)
+            with self._pending_lock:
+                done = set(resolved.tolist()) if resolved is not None else set()
+                if self._pending and len(changes.seen_ids):
+                    waiting = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+                    done.update(waiting[np.isin(waiting, changes.seen_ids)].tolist())
+                for image_id in done:
+                    self._pending.pop(image_id, None)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_s):
@@ -313,10 +327,6 @@ class Collection:
         missing = [i for i in wanted if i not in found]
         if missing:
             fetched = self.table.get_many(self._current(), missing)
-            if len(fetched) < len(missing):  # committed a moment ago by another thread: read the newest version
-                latest = self.table.latest()
-                self._advance(latest)
-                fetched.update(self.table.get_many(latest, [i for i in missing if i not in fetched]))
             found.update(fetched)
             with self._cache_lock:
                 self._row_cache.update(fetched)
@@ -367,42 +377,53 @@ class Collection:
     # -- writes -----------------------------------------------------------------------------------------------
 
     def add(self, images: Sequence[NewImage]) -> list[int | None]:
-        """Commit images to the table, then to the index; None for an image the collection already holds."""
+        """Commit images to the table, then to the index; None for an image the collection already holds.
+
+        This process's commits are serialised (searches are not: they never take this lock), so the same photo
+        uploaded by several visitors at once is written once. Another process may still commit the same photo at
+        the same instant; readers then count its one id once.
+        """
         if not images:
             return []
-        new: dict[int, NewImage] = {}  # position -> image
-        seen: set[int] = set()
-        for pos, img in enumerate(images):
-            if img.id not in self._known and img.id not in seen:
-                seen.add(img.id)
-                new[pos] = img
-        if new:
-            version = self.table.add(list(new.values()), model=self.model, model_id=self.model_id)
-            ids = np.array([img.id for img in new.values()], dtype=np.int64)
-            vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in new.values()])
-            self._advance(self.table.latest())  # rows are readable before their ids can be found by a search
-            with self._lock.write():
-                if self._index is None:
-                    self._index = make_index("flat", vectors.shape[1])
-                # A refresh on another thread may have read our fragment and added these rows already.
-                fresh = ~self._is_known(ids)
-                self._index.add(ids[fresh], vectors[fresh])
-                self._known.update(ids[fresh].tolist())
-                self._pending.update((int(i), version) for i in ids[fresh])
-            self._count_commit()
+        with self._commit_lock:
+            new: dict[int, NewImage] = {}  # position -> image
+            for pos, img in enumerate(images):
+                if img.id not in self._known and all(other.id != img.id for other in new.values()):
+                    new[pos] = img
+            if new:
+                self._commit(list(new.values()))
         return [img.id if pos in new else None for pos, img in enumerate(images)]
+
+    def _commit(self, images: list[NewImage]) -> None:
+        version = self.table.add(images, model=self.model, model_id=self.model_id)
+        ids = np.array([img.id for img in images], dtype=np.int64)
+        vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in images])
+        self._advance(self.table.latest())  # rows are readable before their ids can be found by a search
+        with self._lock.write():
+            if self._index is None:
+                self._index = make_index("flat", vectors.shape[1])
+            # A refresh on another thread may have read our fragment and added these rows already.
+            fresh = ~self._is_known(ids)
+            self._index.add(ids[fresh], vectors[fresh])
+            self._known.update(ids[fresh].tolist())
+            with self._pending_lock:
+                self._pending.update((int(i), version) for i in ids[fresh])
+        self._count_commit()
 
     def remove(self, image_id: int) -> ImageRecord | None:
         """Delete an image's row (the commit point), then drop it from the index."""
-        record = self.get(image_id)
-        if record is None:
-            return None
-        self.table.delete([record.id])
-        with self._lock.write():
-            if self._index is not None:
-                self._index.remove(np.array([record.id], dtype=np.int64))
-            self._known.discard(record.id)
-        self._advance(self.table.latest())
+        with self._commit_lock:
+            record = self.get(image_id)
+            if record is None:
+                return None
+            self.table.delete([record.id])
+            with self._lock.write():
+                if self._index is not None:
+                    self._index.remove(np.array([record.id], dtype=np.int64))
+                self._known.discard(record.id)
+            with self._cache_lock:
+                self._row_cache.pop(record.id, None)
+            self._advance(self.table.latest())
         return record
 
     def _count_commit(self) -> None:

@@ -39,6 +39,7 @@ class Changes:
     added_ids: list[np.ndarray] = field(default_factory=list)
     added_vectors: list[np.ndarray] = field(default_factory=list)
     removed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    seen_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # in new/changed fragments
 
     @property
     def added(self) -> int:
@@ -85,6 +86,7 @@ class FragmentTracker:
         now = np.concatenate(arrived) if arrived else np.zeros(0, dtype=np.int64)
         removed = np.setdiff1d(was, now)
         changes.removed_ids = removed[known(removed)] if len(removed) else removed
+        changes.seen_ids = now
         return changes
 
     def _read_fragment(
