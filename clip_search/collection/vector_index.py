@@ -224,7 +224,7 @@ class FlatIndex(VectorIndex):
             scores, rows = _scan_topk(self._vectors(), queries, k)
         else:
             scores, rows = self._index.search(queries, k)
-        return scores, self._ids[rows]  # k <= len: every row is found
+        return scores, np.where(rows >= 0, self._ids[rows], -1)  # -1 only for NaN queries: k <= len
 
     def ids(self) -> np.ndarray:
         return self._ids[: len(self)].copy()
