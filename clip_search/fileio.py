@@ -6,19 +6,33 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, chunks: list[bytes]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path`` (and fsync the folder)."""
+def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` so that a reader sees the old file or the new one (see :func:`atomic_write_with`)."""
+
+    def body(fh: BinaryIO) -> None:
+        for chunk in chunks:
+            fh.write(chunk)
+
+    atomic_write_with(path, body)
+
+
+def atomic_write_with(path: Path, body: Callable[[BinaryIO], None]) -> None:
+    """Write through ``body`` to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder.
+
+    A crash leaves at most a hidden ``.<name>.*.tmp`` file, which :func:`remove_stale_temp_files` clears later.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
+            body(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

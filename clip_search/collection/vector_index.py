@@ -29,16 +29,16 @@ import logging
 import math
 import os
 import struct
-import tempfile
 import time
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 import faiss
 import numpy as np
+
+from clip_search.fileio import atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class VectorIndex(ABC):
             self._write_payload(out)
             fh.write(_FOOTER.pack(out.length, out.crc, _END))
 
-        _atomic_write(path, body)
+        atomic_write_with(path, body)
         log.info("saved %s index of %d vectors to %s in %.2f s", self.kind, len(self), path, _since(started))
 
     @staticmethod
@@ -557,26 +557,3 @@ def _open_payload(fh: BinaryIO, path: Path) -> tuple[dict[str, Any], _Checksumme
         raise ValueError(f"{path}: damaged vector index file (unreadable header)")
     fh.seek(start)
     return header, _Checksummed(fh, crc=zlib.crc32(header_bytes), limit=payload_len), crc
-
-
-def _atomic_write(path: Path, body: Callable[[BinaryIO], None]) -> None:
-    """Write through ``body`` to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            body(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
