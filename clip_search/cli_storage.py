@@ -74,7 +74,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     with SearchEngine(_settings(args)) as engine:
         report = reindex_bucket(engine)
-        engine.save()
         total = engine.count()
     print(report.summary())
     for key, reason in report.failed:

@@ -494,9 +494,6 @@ class SearchEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
-    def save(self) -> None:
-        """Nothing to flush: every change is committed to the table when it is made (kept for callers)."""
-
     def close(self) -> None:
         self.collection.close()
 

@@ -192,7 +192,6 @@ def ingest_paths(
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started
-        engine.save()
     return report
 
 

@@ -58,10 +58,8 @@ def fill(
     data_dir: Path, n: int, *, model: str | None = None, dim: int | None = None, clusters: int = 1000, seed: int = 0
 ) -> int:
     """Write rows until the collection in ``data_dir`` holds ``n`` synthetic images; returns rows written."""
-    import os
-
-    os.environ["CLIP_SEARCH_DATA_DIR"] = str(data_dir)
     settings = load_config()
+    settings.data_dir = Path(data_dir).resolve()
     settings.storage.backend = "local"
     signature, model_id, width = _model(model, dim)
     table = open_table(settings)

@@ -236,3 +236,17 @@ def test_leftovers_of_a_crashed_write_are_cleaned_up(filled: SearchEngine):
         assert reopened.count() == 24
     finally:
         reopened.close()
+
+
+def test_an_outgrown_ivf_is_retrained_by_optimize(tmp_path, tiny_model_dir):
+    settings = _ivf_settings(tmp_path, tiny_model_dir, n=1000, kind="ivf", nlist=8, nprobe=8)
+    with SearchEngine(settings) as engine:
+        assert engine.collection._index.trained_on == 1000
+        _ivf_settings(tmp_path, tiny_model_dir, n=4500)  # another process grows it 4.5-fold meanwhile
+        report = engine.collection.optimize(keep_versions_s=3600)
+        assert report["retrained"] and engine.count() == 4500
+        assert engine.collection._index.trained_on == 4500
+        ids, vectors = (np.concatenate(part) for part in zip(*engine.collection.iter_vectors(), strict=True))
+        for row in (0, 1200, 4499):  # rows from before and after the growth find themselves
+            (hit,) = engine.search_vectors(vectors[row : row + 1], 1)[0]
+            assert hit[0] == ids[row] and hit[1] == pytest.approx(1.0, abs=1e-5)

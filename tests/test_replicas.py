@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import lance
 import pytest
 
 from clip_search.engine import SearchEngine
@@ -120,3 +121,33 @@ def test_cli_ingest_beside_the_app_is_seen_without_restart(cli_env, tiny_model_d
         for src in _photos(50, 10):
             hit = app.search_image(src.read_bytes(), k=1)[0]
             assert Path(hit.source).name == src.name and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_storage_optimize_while_the_app_reads(cli_env, tiny_model_dir, tmp_path):
+    """One commit per upload leaves many small fragments; compacting them beside a running app loses nothing."""
+    settings = make_settings(Path(cli_env["CLIP_SEARCH_DATA_DIR"]), tiny_model_dir, collection={"refresh_s": 0})
+    photos = _photos(60, 12)
+    with SearchEngine(settings) as app:
+        ids = {p: app.add_image(p.read_bytes(), source=str(p)).id for p in photos}
+        table = app.settings.data_dir / "collection.lance"
+        before = len(lance.dataset(str(table)).get_fragments())
+        assert before == 12
+        done = subprocess.run(
+            [sys.executable, "-m", "clip_search", "storage", "optimize", "--keep-versions-s", "0"],
+            env=cli_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["fragments_after"] == 1
+        assert len(lance.dataset(str(table)).get_fragments()) == 1
+        for path, image_id in ids.items():  # the app follows the compaction: same images, same ids
+            hit = app.search_image(path.read_bytes(), k=1)[0]
+            assert hit.id == image_id and hit.source == str(path)
+        assert app.count() == 12
+        app.delete(ids[photos[0]])
+        assert app.count() == 11
+    with SearchEngine(settings) as reopened:
+        assert reopened.count() == 11

@@ -76,6 +76,10 @@ class RWLock:
                 self._cond.notify_all()
 
 
+def ids_none() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 class Collection:
     """Thread-safe: many concurrent searches; adds, deletes and refreshes serialised."""
 
@@ -144,19 +148,9 @@ class Collection:
         if index is not None:
             self._index = index
             self._known = set(index.ids().tolist())
-            self._apply(self._tracker.diff(ds, known=self._is_known, pending=np.zeros(0, np.int64)))
+            self._apply(self._tracker.diff(ds, known=self._is_known, pending=ids_none()))
         else:
-            self._index = self._new_index(ds, n)
-            bar = tqdm(total=n, desc="loading vectors", unit="img", disable=n < 200_000)
-
-            def take(ids: np.ndarray, vectors: np.ndarray) -> None:
-                self._index.add(ids, vectors)
-                self._known.update(ids.tolist())
-                bar.update(len(ids))
-
-            changes = self._tracker.diff(ds, known=self._is_known, pending=np.zeros(0, np.int64), on_vectors=take)
-            bar.close()
-            self._tracker.apply(changes)
+            self._index, self._tracker, self._known = self._build(ds, n)
             self._save_ivf()
         log.info(
             "opened collection %s: %d images (%s index) in %.2f s",
@@ -165,6 +159,22 @@ class Collection:
             self._index.kind,
             time.perf_counter() - started,
         )
+
+    def _build(self, ds: Any, n: int) -> tuple[VectorIndex, FragmentTracker, set[int]]:
+        """A new index of every row of ``ds``, streamed batch by batch (FAISS holds the only copy of the vectors)."""
+        index = self._new_index(ds, n)
+        tracker = FragmentTracker()
+        known: set[int] = set()
+        bar = tqdm(total=n, desc="loading vectors", unit="img", disable=n < 200_000)
+
+        def take(ids: np.ndarray, vectors: np.ndarray) -> None:
+            index.add(ids, vectors)
+            known.update(ids.tolist())
+            bar.update(len(ids))
+
+        tracker.apply(tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=ids_none(), on_vectors=take))
+        bar.close()
+        return index, tracker, known
 
     def _wants_ivf(self, n: int) -> bool:
         return self.index_kind == "ivf" and n >= IVF_MIN_ROWS
@@ -449,14 +459,9 @@ class Collection:
         self.refresh()
         if isinstance(self._index, IVFIndex) and self._index.needs_retrain(len(self), growth=self.retrain_growth):
             ds = self.table.latest()
-            fresh = self._new_index(ds, ds.count_rows())
-            tracker = FragmentTracker()
-            changes = tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=np.zeros(0, np.int64))
-            for ids, vectors in zip(changes.added_ids, changes.added_vectors, strict=True):
-                fresh.add(ids, vectors)
-            with self._lock.write():
-                self._index, self._tracker = fresh, tracker
-                tracker.apply(changes)
+            index, tracker, known = self._build(ds, ds.count_rows())  # searches go on over the old index
+            with self._lock.write():  # rows committed meanwhile arrive with the next refresh
+                self._index, self._tracker, self._known = index, tracker, known
             report["retrained"] = True
         self._save_ivf()
         return report

@@ -45,7 +45,7 @@ def migrate_legacy(settings: Settings, collection: Collection, store: ImageStore
             leftover.unlink(missing_ok=True)
         (settings.data_dir / "index.faiss").unlink(missing_ok=True)
         log.warning("migrated %d images from %s to the Lance table; the old file is kept as %s", added, path, done)
-    if hasattr(store, "list_keys") and store.kind == "s3":
+    if store.kind == "s3":
         added += _migrate_bucket(store, collection)
     return added
 

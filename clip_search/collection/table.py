@@ -191,6 +191,7 @@ class CollectionTable:
     def append(self, rows: pa.Table) -> int:
         """Commit Arrow rows of this table's schema in one transaction; returns the new version."""
         with table_io("adding images"):
+            self._table.checkout_latest()  # a long-lived handle may point at a version a cleanup has removed
             return int(self._table.add(rows).version)
 
     def append_vectors(self, rows: dict[str, Any], vectors: np.ndarray, *, model: str, model_id: str) -> int:
@@ -227,6 +228,7 @@ class CollectionTable:
     def delete(self, image_ids: Sequence[int]) -> None:
         if self._table is not None and image_ids:
             with table_io("deleting images"):
+                self._table.checkout_latest()
                 self._table.delete(_id_filter(image_ids))
 
     def optimize(self, *, keep_versions_s: float) -> dict[str, Any]:
@@ -237,6 +239,7 @@ class CollectionTable:
         """
         if self._table is None:
             return {}
+        self._table.checkout_latest()
         before = len(self._table.to_lance().get_fragments())
         self._ensure_scalar_indices()
         stats = self._table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))
