@@ -163,7 +163,7 @@ def test_table_schema_is_versioned(filled: SearchEngine):
     ds = lance.dataset(str(settings.data_dir / "collection.lance"))
     assert ds.schema.metadata[b"clip_search.schema_version"] == b"2"
     meta = {k.decode(): v.decode() for k, v in ds.schema.metadata.items()}
-    ds.replace_schema_metadata({**meta, "clip_search.schema_version": "99"})
+    ds.update_schema_metadata({**meta, "clip_search.schema_version": "99"}, replace=True)
     with pytest.raises(CatalogError, match="newer"):
         SearchEngine(settings)
 

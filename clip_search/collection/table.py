@@ -19,6 +19,7 @@ import lance
 import lancedb
 import numpy as np
 import pyarrow as pa
+from lancedb.index import BTree
 
 from clip_search.collection.records import ImageRecord, NewImage, is_sha256
 from clip_search.collection.sync import ids_and_vectors
@@ -251,7 +252,7 @@ class CollectionTable:
         have = {tuple(ix.columns) for ix in self._table.list_indices()}
         for column in ("id", "sha256", "source_sha256", "key"):
             if (column,) not in have and self._table.count_rows() > 0:
-                self._table.create_scalar_index(column, index_type="BTREE")
+                self._table.create_index(column, config=BTree())  # as lancedb's docs call it
 
     # -- reads ------------------------------------------------------------------------------------------------
 
