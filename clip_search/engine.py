@@ -452,7 +452,7 @@ class SearchEngine:
 
     def _find_stored(self, item: PreparedImage) -> ImageRecord | None:
         """The image whose stored or original bytes match ``item``'s (either hash), if the collection has it."""
-        return self.collection.find_by_sha256(item.sha256) or self.collection.find_by_sha256(item.source_sha256)
+        return self.collection.find_by_sha256(item.sha256, item.source_sha256)
 
     def _exact_duplicate(self, prepared: PreparedImage, name: str) -> AddResult | None:
         existing = self._find_stored(prepared)

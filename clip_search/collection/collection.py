@@ -76,6 +76,18 @@ class RWLock:
                 self._cond.notify_all()
 
 
+def _in(ids: np.ndarray, known: set[int]) -> np.ndarray:
+    return np.fromiter((int(i) in known for i in ids), dtype=bool, count=len(ids))
+
+
+def _unseen(ids: np.ndarray, known: set[int]) -> np.ndarray:
+    """Mask of the ids to add: not held yet, and each only once (two writers committing the same photo in the
+    same instant leave two rows of one id)."""
+    first = np.zeros(len(ids), dtype=bool)
+    first[np.unique(ids, return_index=True)[1]] = True
+    return first & ~_in(ids, known)
+
+
 def ids_none() -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
 
@@ -168,8 +180,9 @@ class Collection:
         bar = tqdm(total=n, desc="loading vectors", unit="img", disable=n < 200_000)
 
         def take(ids: np.ndarray, vectors: np.ndarray) -> None:
-            index.add(ids, vectors)
-            known.update(ids.tolist())
+            new = _unseen(ids, known)
+            index.add(ids[new], vectors[new])
+            known.update(ids[new].tolist())
             bar.update(len(ids))
 
         tracker.apply(tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=ids_none(), on_vectors=take))
@@ -224,8 +237,7 @@ class Collection:
     # -- following other writers ------------------------------------------------------------------------------
 
     def _is_known(self, ids: np.ndarray) -> np.ndarray:
-        known = self._known
-        return np.fromiter((int(i) in known for i in ids), dtype=bool, count=len(ids))
+        return _in(ids, self._known)
 
     def refresh(self) -> Changes | None:
         """Move to the table's newest version, applying what other processes added or deleted."""
@@ -263,7 +275,7 @@ class Collection:
                 self._index.remove(changes.removed_ids)
                 self._known.difference_update(changes.removed_ids.tolist())
             for ids, vectors in zip(changes.added_ids, changes.added_vectors, strict=True):
-                fresh = ~self._is_known(ids)
+                fresh = _unseen(ids, self._known)
                 self._index.add(ids[fresh], vectors[fresh])
                 self._known.update(ids[fresh].tolist())
             self._tracker.apply(changes)
@@ -350,9 +362,10 @@ class Collection:
         ids, vectors = self.table.vectors(self._current(), [int(image_id)])
         return vectors[0].copy() if len(ids) else None
 
-    def find_by_sha256(self, sha256: str) -> ImageRecord | None:
-        record = self.table.find_by_sha256(self._current(), sha256)
-        return record if record is not None and record.id in self._known else None
+    def find_by_sha256(self, *hashes: str | None) -> ImageRecord | None:
+        """The image whose stored or original bytes have one of these hashes, as the table has it (an image
+        another process committed a moment ago counts, before this process's index has it)."""
+        return self.table.find_by_sha256(self._current(), *hashes)
 
     def find_by_key(self, key: str) -> ImageRecord | None:
         return self.table.find_by_key(self._current(), key)
@@ -413,7 +426,7 @@ class Collection:
             if self._index is None:
                 self._index = make_index("flat", vectors.shape[1])
             # A refresh on another thread may have read our fragment and added these rows already.
-            fresh = ~self._is_known(ids)
+            fresh = _unseen(ids, self._known)
             self._index.add(ids[fresh], vectors[fresh])
             self._known.update(ids[fresh].tolist())
             with self._pending_lock:

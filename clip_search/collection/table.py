@@ -270,11 +270,12 @@ class CollectionTable:
             return {}
         return {r.id: r for r in self.records_where(ds, _id_filter(image_ids))}
 
-    def find_by_sha256(self, ds: Any, sha256: str) -> ImageRecord | None:
-        """The image whose stored or original bytes have this hash."""
-        if not is_sha256(sha256):
+    def find_by_sha256(self, ds: Any, *hashes: str | None) -> ImageRecord | None:
+        """The image whose stored or original bytes have one of these hashes (one query for all of them)."""
+        wanted = ", ".join(f"'{h}'" for h in dict.fromkeys(hashes) if h and is_sha256(h))
+        if not wanted:
             return None
-        found = self.records_where(ds, f"sha256 = '{sha256}' OR source_sha256 = '{sha256}'", limit=1)
+        found = self.records_where(ds, f"sha256 IN ({wanted}) OR source_sha256 IN ({wanted})", limit=1)
         return found[0] if found else None
 
     def find_by_key(self, ds: Any, key: str) -> ImageRecord | None:
