@@ -421,7 +421,7 @@ class Collection:
         version = self.table.add(images, model=self.model, model_id=self.model_id)
         ids = np.array([img.id for img in images], dtype=np.int64)
         vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in images])
-        self._advance(self.table.latest())  # rows are readable before their ids can be found by a search
+        self._advance(self.table.latest(at_least=version))  # rows readable before a search can find their ids
         with self._lock.write():
             if self._index is None:
                 self._index = make_index("flat", vectors.shape[1])
@@ -439,14 +439,14 @@ class Collection:
             record = self.get(image_id)
             if record is None:
                 return None
-            self.table.delete([record.id])
+            version = self.table.delete([record.id])
             with self._lock.write():
                 if self._index is not None:
                     self._index.remove(np.array([record.id], dtype=np.int64))
                 self._known.discard(record.id)
             with self._cache_lock:
                 self._row_cache.pop(record.id, None)
-            self._advance(self.table.latest())
+            self._advance(self.table.latest(at_least=version))
         return record
 
     def _count_commit(self) -> None:

@@ -160,15 +160,25 @@ class CollectionTable:
 
     # -- versions ---------------------------------------------------------------------------------------------
 
-    def latest(self) -> Any:
-        """The newest committed version as a Lance dataset (an immutable snapshot, safe to read from threads)."""
+    def latest(self, *, at_least: int | None = None) -> Any:
+        """The newest committed version as a Lance dataset (an immutable snapshot, safe to read from threads).
+
+        ``at_least``: a version this process just committed. Under load, a fresh look at the table was seen to
+        return an older version than that; the committed version is then opened by number.
+        """
         if self._table is None:
-            self._table = self._open()
-            self._check_schema()
-            if self._table is None:
+            with table_io("opening the collection"):
+                found = self._open()  # made by another process since we looked (or by our first add, meanwhile)
+            if found is None:
                 return None
+            self._table = found  # never back to None: a racing first add may have just created it
+            self._check_schema()
         with table_io("looking for changes"):  # a fresh handle: lancedb's shared one can lag under threads
-            return lance.dataset(self._table.uri, storage_options=self._options)
+            ds = lance.dataset(self._table.uri, storage_options=self._options)
+            if at_least is not None and ds.version < at_least:
+                log.debug("table looked older (%d) than our own commit (%d)", ds.version, at_least)
+                ds = lance.dataset(self._table.uri, version=at_least, storage_options=self._options)
+            return ds
 
     # -- writes -----------------------------------------------------------------------------------------------
 
@@ -226,11 +236,13 @@ class CollectionTable:
         }
         return pa.table(columns, schema=self._table.schema)
 
-    def delete(self, image_ids: Sequence[int]) -> None:
-        if self._table is not None and image_ids:
-            with table_io("deleting images"):
-                self._table.checkout_latest()
-                self._table.delete(_id_filter(image_ids))
+    def delete(self, image_ids: Sequence[int]) -> int | None:
+        """Delete rows in one transaction; returns the new version (None when there was nothing to do)."""
+        if self._table is None or not image_ids:
+            return None
+        with table_io("deleting images"):
+            self._table.checkout_latest()
+            return int(self._table.delete(_id_filter(image_ids)).version)
 
     def optimize(self, *, keep_versions_s: float) -> dict[str, Any]:
         """Compact small fragments, index the lookup columns, drop versions older than ``keep_versions_s``.
