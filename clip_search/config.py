@@ -83,6 +83,12 @@ class SearchSettings(_Section):
     default_k: int = Field(12, ge=1)
     max_k: int = Field(100, ge=1)
     min_probability: float = Field(0.01, ge=0, le=1)
+    max_results: int = Field(1000, ge=1)  # the furthest result a page can reach
+    sort_pool: int = Field(1000, ge=1)  # best matches considered when sorting a query's results by date
+    good_match_ratio: float = Field(0.8, gt=0, le=1)  # a good match scores >= this x the best (compound queries)
+    feedback_alpha: float = Field(1.0, ge=0)  # Rocchio: weight of the query itself
+    feedback_beta: float = Field(0.75, ge=0)  # ... of the mean of the results marked good
+    feedback_gamma: float = Field(0.25, ge=0)  # ... of the mean of the results marked bad (subtracted)
 
 
 class IngestSettings(_Section):

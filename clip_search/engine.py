@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,14 @@ from clip_search.collection.migrate import migrate_legacy
 from clip_search.collection.vector_index import set_faiss_threads
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
-from clip_search.errors import ClipSearchError, ConfigError, EmptyQueryError, InvalidImageError, NotFoundError
+from clip_search.errors import (
+    ClipSearchError,
+    ConfigError,
+    EmptyQueryError,
+    InvalidImageError,
+    InvalidQueryError,
+    NotFoundError,
+)
 from clip_search.images import (
     DecodedImage,
     decode_image,
@@ -34,29 +41,12 @@ from clip_search.images import (
     sha256_hex,
     web_format,
 )
+from clip_search.search import Query, QueryRunner, SearchHit, SearchPage
+from clip_search.search.query import Part
 from clip_search.store import ImageStore, LocalImageStore, content_key
+from clip_search.urlfetch import fetch_url
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One result: what it is, how close, and where a browser can fetch it."""
-
-    id: int
-    key: str
-    score: float  # cosine similarity in [-1, 1]
-    probability: float | None  # SigLIP match probability for text queries; None for image queries and CLIP
-    url: str
-    width: int
-    height: int
-    caption: str | None = None
-    source: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    added_at: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -123,6 +113,13 @@ class SearchEngine:
         migrate_legacy(settings, self.collection, self.store)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_lock = threading.Lock()
+        self._runner = QueryRunner(
+            self.collection,
+            settings.search,
+            embed_part=self.embed_part,
+            make_hits=self._hits,
+            probability=self.encoder.probability,
+        )
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> SearchEngine:
@@ -182,30 +179,74 @@ class SearchEngine:
             pil = self.decode(data).image
         return self.encoder.encode_pixels(self.encoder.preprocess(pil)[None])[0]
 
+    def embed_part(self, part: Part) -> np.ndarray:
+        """The unit vector of one part of a query: a text, an image, an image URL or a collection image."""
+        if part.kind == "text":
+            return self.embed_text(part.value)
+        if part.kind == "id":
+            vector = self.collection.embedding(_as_id(part.value))
+            if vector is None:
+                raise NotFoundError(f"no image with id {part.value} in the collection")
+            return vector
+        if part.kind == "url":
+            return self.embed_image(self.fetch_image(part.value))
+        return self.embed_image(part.value)
+
+    def fetch_image(self, url: str) -> bytes:
+        """A query image from an http(s) URL, within the upload limits, refused for private addresses."""
+        app = self.settings.app
+        if not app.allow_image_urls:
+            raise InvalidQueryError("searching by image URL is switched off here: upload the image instead")
+        return fetch_url(
+            str(url).strip(),
+            max_bytes=min(app.url_max_bytes, self.settings.upload.max_bytes),
+            timeout_s=app.url_timeout_s,
+            allow_private=app.allow_private_urls,
+        )
+
+    # -- queries -------------------------------------------------------------------------------------------------
+
+    def query(
+        self,
+        text: str | None = None,
+        *,
+        image: bytes | str | Path | Image.Image | None = None,
+        url: str | None = None,
+        id: int | None = None,
+        weight: float = 1.0,
+    ) -> Query:
+        """A query bound to this engine, to be narrowed and run: ``engine.query("beach").minus("people").run()``.
+
+        With no argument it starts empty (add parts with ``.plus``/``.minus``, or browse with ``.where`` and
+        ``.sort_by("newest")``).
+        """
+        empty = Query(runner=self)
+        if text is None and image is None and url is None and id is None:
+            return empty
+        return empty.plus(text, image=image, url=url, id=id, weight=weight)
+
+    def search(self, query: Query) -> SearchPage:
+        """Run a query (see :mod:`clip_search.search` for the arithmetic, the filters, the orders and pages)."""
+        return self._runner.search(query)
+
     def search_text(self, query: str, k: int | None = None) -> list[SearchHit]:
         """Images best matching a text, with SigLIP's match probability."""
-        vector = self.embed_text(query)
-        return self._hits(vector, self._k(k), with_probability=True)
+        return self.search(self.query(query).limit(self._k(k))).hits
 
     def search_image(self, image: bytes | str | Path | Image.Image, k: int | None = None) -> list[SearchHit]:
         """Images most similar to a query image."""
-        return self._hits(self.embed_image(image), self._k(k), with_probability=False)
+        return self.search(self.query(image=image).limit(self._k(k))).hits
 
     def search_similar(self, image_id: int, k: int | None = None) -> list[SearchHit]:
         """ "More like this": neighbours of an image already in the collection, itself excluded."""
-        vector = self.collection.embedding(_as_id(image_id))
-        if vector is None:
-            raise NotFoundError(f"no image with id {image_id} in the collection")
-        return self._hits(vector, self._k(k), with_probability=False, exclude=(int(image_id),))
+        return self.search(self.query(id=_as_id(image_id)).limit(self._k(k))).hits
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Raw top-k (id, cosine) for many query vectors at once (evaluation, batch jobs)."""
         return self.collection.search(vectors, k)
 
-    def _hits(
-        self, vector: np.ndarray, k: int, *, with_probability: bool, exclude: Sequence[int] = ()
-    ) -> list[SearchHit]:
-        ranked = self.collection.search(vector[None], k, exclude=exclude)[0]
+    def _hits(self, ranked: Sequence[tuple[int, float]], with_probability: bool) -> list[SearchHit]:
+        """Hits for ranked (id, score) pairs, in that order (an image deleted meanwhile is left out)."""
         if not ranked:
             return []
         records = self.collection.get_many([i for i, _ in ranked])

@@ -34,3 +34,7 @@ class NotFoundError(ClipSearchError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0]) if self.args else ""
+
+
+class InvalidQueryError(ClipSearchError, ValueError):
+    """A query whose parts, filters, order or page cannot be run as given (the message says what to change)."""

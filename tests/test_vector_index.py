@@ -341,3 +341,24 @@ def test_concurrent_searches_agree_with_sequential(clusters):
             got = list(pool.map(lambda i, index=index: index.search(queries[i : i + 1], 10)[1], range(len(queries))))
         for a, b in zip(want, got, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("share", [0.5, 0.002])
+def test_allowed_ids_compete_before_ranking(clusters, kind, share):
+    """A filter keeps k results whenever k ids are allowed (a selective filter empties IVF's probed lists: the
+    index then scans every list), and equals brute force over the allowed vectors."""
+    index = build_ivf(clusters) if kind == "ivf" else FlatIndex(64)
+    if kind == "flat":
+        index.add(clusters["ids"], clusters["vectors"])
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.choice(20_000, int(20_000 * share), replace=False))
+    allowed = np.concatenate([clusters["ids"][rows], [10**12]])  # an id the index lacks is harmless
+    queries = clusters["queries"][:20]
+    scores, found = index.search(queries, 10, allowed=allowed)
+    assert (found >= 0).all() and np.isin(found, allowed).all()
+    _, truth = brute_force(clusters["ids"][rows], clusters["vectors"][rows], queries, 10)
+    assert recall(truth, found) >= (1.0 if kind == "flat" or share < 0.01 else 0.9)
+    np.testing.assert_allclose(scores, exact_scores(clusters, queries, found), atol=1e-5)
+    _, few = index.search(queries, 10, allowed=clusters["ids"][:3])
+    assert (np.sort(few[:, :3], axis=1) == np.sort(clusters["ids"][:3])).all()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from clip_search.collection.filtered import FilteredIds
 from clip_search.collection.records import ImageRecord, NewImage
 from clip_search.collection.sync import Changes, FragmentTracker, iter_vectors
 from clip_search.collection.table import CollectionTable
@@ -138,6 +139,7 @@ class Collection:
         self._ds = None
         self._checked = 0.0
         self._row_cache: OrderedDict[int, ImageRecord] = OrderedDict()
+        self._filtered = FilteredIds()
         self._cache_lock = threading.Lock()
         self._stop = threading.Event()
         self._load()
@@ -312,16 +314,20 @@ class Collection:
     def dim(self) -> int | None:
         return self._index.dim if self._index is not None else None
 
-    def search(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] = ()) -> list[list[tuple[int, float]]]:
-        """Top-k (image id, cosine) per query vector, best first."""
+    def search(
+        self, queries: np.ndarray, k: int, *, exclude: Sequence[int] = (), where: str | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Top-k (image id, cosine) per query vector, best first; ``where`` (a Lance SQL condition on the rows)
+        picks the images that compete before ranking, so k come back whenever k images match."""
         self.maybe_refresh()
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        allowed = self.matching(where)[0] if where else None
         with self._lock.read():
             if self._index is None or len(self._index) == 0:
                 return [[] for _ in range(len(queries))]
             if queries.shape[1] != self._index.dim:
                 raise ClipSearchError(f"query has {queries.shape[1]} dimensions, the collection {self._index.dim}")
-            scores, ids = self._index.search(queries, k + len(exclude))
+            scores, ids = self._index.search(queries, k + len(exclude), allowed=allowed)
         excluded = {int(i) for i in exclude}
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
@@ -330,6 +336,11 @@ class Collection:
             ]
             results.append(hits[:k])
         return results
+
+    def matching(self, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, added_at in µs) of the images passing ``where`` (all without one), oldest first, ties by id."""
+        self.maybe_refresh()
+        return self._filtered.get(self._current(), where)
 
     def __contains__(self, image_id: int) -> bool:
         return int(image_id) in self._known
@@ -357,10 +368,17 @@ class Collection:
         return found
 
     def embedding(self, image_id: int) -> np.ndarray | None:
-        if int(image_id) not in self._known:
-            return None
-        ids, vectors = self.table.vectors(self._current(), [int(image_id)])
+        ids, vectors = self.embeddings([image_id])
         return vectors[0].copy() if len(ids) else None
+
+    def embeddings(self, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``image_ids`` that are in the collection, each id once."""
+        wanted = [int(i) for i in dict.fromkeys(int(i) for i in image_ids) if int(i) in self._known]
+        ids, vectors = self.table.vectors(self._current(), wanted)
+        if len(ids) > 1:
+            _, first = np.unique(ids, return_index=True)
+            ids, vectors = ids[first], vectors[first]
+        return ids, vectors
 
     def find_by_sha256(self, *hashes: str | None) -> ImageRecord | None:
         """The image whose stored or original bytes have one of these hashes, as the table has it (an image

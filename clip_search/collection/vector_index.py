@@ -91,10 +91,13 @@ class VectorIndex(ABC):
         """Remove these ids; returns how many vectors went. Unknown ids are ignored."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (nq, min(k, len)), best first. Scores are exact cosines of the stored vectors;
         ids are -1 (score -inf) where fewer than k were found (IVF can find fewer). k <= 0 or an empty index gives
-        (nq, 0) arrays."""
+        (nq, 0) arrays. ``allowed`` (int64 ids) restricts the search to those ids before ranking (filters), so
+        k results come back whenever k allowed ids are held."""
 
     @abstractmethod
     def ids(self) -> np.ndarray:
@@ -215,8 +218,12 @@ class FlatIndex(VectorIndex):
         self._index.ntotal = keep
         return len(gone)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = _as_vectors(queries, self.dim)
+        if allowed is not None:
+            return self._search_rows(queries, k, np.flatnonzero(np.isin(self._ids[: len(self)], allowed)))
         k = min(int(k), len(self))
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
@@ -225,6 +232,14 @@ class FlatIndex(VectorIndex):
         else:
             scores, rows = self._index.search(queries, k)
         return scores, np.where(rows >= 0, self._ids[rows], -1)  # -1 only for NaN queries: k <= len
+
+    def _search_rows(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among these rows only: a gather of the allowed vectors, then one scan of them."""
+        k = min(int(k), len(rows))
+        if k <= 0 or not len(queries):
+            return _empty(len(queries), max(k, 0))
+        scores, found = _scan_topk(self._vectors()[rows], queries, k)
+        return scores, self._ids[rows[found]]
 
     def ids(self) -> np.ndarray:
         return self._ids[: len(self)].copy()
@@ -359,12 +374,30 @@ class IVFIndex(VectorIndex):
             return 0
         return int(self._index.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = _as_vectors(queries, self.dim)
         k = min(int(k), len(self))
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
+        if allowed is not None:
+            return self._search_allowed(queries, k, np.ascontiguousarray(allowed, dtype=np.int64))
         scores, found = self._index.search(queries, k)
+        scores[found < 0] = -np.inf
+        return scores, found
+
+    def _search_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Only ``allowed`` ids compete (FAISS's ID selector, checked inside the list scans). A selective filter
+        can leave the probed lists short of k matches; those queries are rerun over every list, which is exact."""
+        selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+        scores, found = self._index.search(queries, k, params=params)
+        want = min(k, len(allowed))
+        short = np.flatnonzero((found >= 0).sum(axis=1) < want)
+        if len(short) and self.nprobe < self.nlist:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nlist)
+            scores[short], found[short] = self._index.search(queries[short], k, params=params)
         scores[found < 0] = -np.inf
         return scores, found
 
