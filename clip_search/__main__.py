@@ -53,30 +53,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if (args.query is None) == (args.image is None):
-        raise ClipSearchError('give either a text query ("a dog on a beach") or --image PATH')
+    from clip_search.cli_query import build_query, print_hits
+
     with _engine(args, load_model=True) as engine:
-        if args.image is not None:
-            try:
-                data = Path(args.image).read_bytes()
-            except OSError as exc:
-                raise ClipSearchError(f"cannot read {args.image}: {exc.strerror or exc}") from exc
-            hits = engine.search_image(data, args.k)
-        else:
-            hits = engine.search_text(args.query, args.k)
-        if not hits and engine.count() == 0:
+        page = build_query(engine, args).run()
+        if not page.hits and engine.count() == 0:
             print(
                 "the collection is empty: add photos with `python -m clip_search ingest FOLDER` "
                 "or `python -m clip_search ingest --samples`",
                 file=sys.stderr,
             )
-    if args.json:
-        print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2))
-        return 0
-    for rank, hit in enumerate(hits, 1):
-        prob = "   -  " if hit.probability is None else f"{hit.probability:6.1%}"
-        caption = f"  {hit.caption}" if hit.caption else ""
-        print(f"{rank:3d}. id={hit.id:<6d} score={hit.score:.4f} p={prob}  {hit.source or hit.key}{caption}")
+    print_hits(page, as_json=args.json)
     return 0
 
 
@@ -115,12 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(func=cmd_ingest)
 
-    search = sub.add_parser("search", help="search by text or by image")
-    search.add_argument("query", nargs="?", help="what to look for, in words")
-    search.add_argument("--image", type=Path, help="search with this image instead of text")
-    search.add_argument("-k", type=int, default=None, help="number of results")
-    search.add_argument("--json", action="store_true", help="print results as JSON")
-    search.set_defaults(func=cmd_search)
+    from clip_search.cli_query import add_search_command
+
+    add_search_command(sub, cmd_search)
 
     info = sub.add_parser("info", help="collection size, model, store")
     info.set_defaults(func=cmd_info)
