@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,24 @@ def clustered_vectors(n: int, dim: int, *, clusters: int, seed: int = 0, start: 
     vectors = centres[which] + rng.standard_normal((n, dim)).astype(np.float32) * (0.9 / np.sqrt(dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors
+
+
+WORDS = ("dog", "cat", "beach", "mountain", "street", "food", "car", "bird", "tree", "boat")
+
+
+def _attributes(start: int, count: int) -> dict[str, list]:
+    """Varied, deterministic fields for filter benchmarks: 1 row in 20 an upload, the rest in 10 folders; a caption
+    word of 10; 3 sizes (landscape, portrait, square); added over 2025 (row i at i * 5 min, wrapping)."""
+    rows = range(start, start + count)
+    sizes = [(640, 480), (480, 640), (512, 512)]
+    epoch = datetime(2025, 1, 1, tzinfo=UTC)
+    return {
+        "width": [sizes[i % 3][0] for i in rows],
+        "height": [sizes[i % 3][1] for i in rows],
+        "source": ["upload" if i % 20 == 0 else f"/synthetic/folder{i % 10}/{i}.jpg" for i in rows],
+        "caption": [f"a photo of a {WORDS[(i // 7) % 10]}" for i in rows],
+        "added_at": [epoch + timedelta(minutes=5 * (i % 105_000)) for i in rows],
+    }
 
 
 def _model(model: str | None, dim: int | None) -> tuple[str, str, int]:
@@ -75,9 +94,7 @@ def fill(
             "id": [image_id(s) for s in shas],
             "key": [content_key(s, "jpg") for s in shas],
             "sha256": shas,
-            "width": [640] * count,
-            "height": [480] * count,
-            "source": ["synthetic"] * count,
+            **_attributes(start, count),
             "metadata": ["{}"] * count,
         }
         vectors = clustered_vectors(count, width, clusters=clusters, seed=seed, start=start)

@@ -223,7 +223,7 @@ class FlatIndex(VectorIndex):
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = _as_vectors(queries, self.dim)
         if allowed is not None:
-            return self._search_rows(queries, k, np.flatnonzero(np.isin(self._ids[: len(self)], allowed)))
+            return self._search_allowed(queries, k, np.isin(self._ids[: len(self)], allowed))
         k = min(int(k), len(self))
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
@@ -233,11 +233,17 @@ class FlatIndex(VectorIndex):
             scores, rows = self._index.search(queries, k)
         return scores, np.where(rows >= 0, self._ids[rows], -1)  # -1 only for NaN queries: k <= len
 
-    def _search_rows(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k among these rows only: a gather of the allowed vectors, then one scan of them."""
-        k = min(int(k), len(rows))
+    def _search_allowed(self, queries: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among the rows ``mask`` allows. A few rows are gathered and scanned; many (over a
+        quarter) are scanned in place with the others' scores masked out, which costs one plain scan."""
+        count = int(mask.sum())
+        k = min(int(k), count)
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
+        if count * 4 > len(mask):
+            scores, found = _scan_topk(self._vectors(), queries, k, mask=mask)
+            return scores, self._ids[found]
+        rows = np.flatnonzero(mask)
         scores, found = _scan_topk(self._vectors()[rows], queries, k)
         return scores, self._ids[rows[found]]
 
@@ -500,12 +506,17 @@ def _empty(nq: int, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((nq, k), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
 
 
-def _scan_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k rows by inner product, one BLAS pass over ``vectors`` in blocks (memory-bandwidth bound)."""
+def _scan_topk(
+    vectors: np.ndarray, queries: np.ndarray, k: int, *, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k rows by inner product, one BLAS pass over ``vectors`` in blocks (memory-bandwidth bound);
+    rows where ``mask`` is False never win (k must not exceed the rows it allows)."""
     found_scores, found_rows = [], []
     for start in range(0, len(vectors), _SCAN_ROWS):
         block = vectors[start : start + _SCAN_ROWS]
         scores = (block @ queries[0])[None] if len(queries) == 1 else queries @ block.T  # (nq, rows)
+        if mask is not None:
+            scores[:, ~mask[start : start + _SCAN_ROWS]] = -np.inf
         take = min(k, scores.shape[1])
         rows = np.argpartition(scores, scores.shape[1] - take, axis=1)[:, -take:]
         found_scores.append(np.take_along_axis(scores, rows, axis=1))
