@@ -99,3 +99,49 @@ def test_migrating_another_models_catalog_is_refused_and_keeps_it(settings, othe
     with pytest.raises(ModelMismatchError, match=r"set model\.id to that model"):
         SearchEngine(other)
     assert settings.legacy_catalog_path.exists()
+
+
+@pytest.mark.s3
+def test_bucket_layout_is_migrated_with_uploads_and_deletions(s3_env, tmp_path, tiny_model_dir):
+    """The bucket's old index/ layout (catalog snapshot + a record per upload + a tombstone per delete) becomes
+    the table on the first open: deleted images stay deleted, later uploads are kept, nothing twice on reopen."""
+    import base64
+
+    from clip_search.collection.migrate import LEGACY_PREFIX, MIGRATED_MARKER
+    from tests.s3server import make_s3_settings
+
+    settings = make_s3_settings(tmp_path / "data", tiny_model_dir, s3_env, s3_env.new_bucket())
+    photos = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[30:37]
+    with SearchEngine(settings) as engine:
+        rows = _old_collection(engine, photos[:6])  # the snapshot: 6 images
+        store = engine.store
+        store.put_object(
+            LEGACY_PREFIX + "catalog.sqlite", settings.legacy_catalog_path.read_bytes(), "application/x-sqlite3"
+        )
+        settings.legacy_catalog_path.unlink()
+        store.put_object(LEGACY_PREFIX + f"deleted/{rows[0]['sha256']}.json", b"{}", "application/json")
+        late = engine.prepare(photos[6].read_bytes(), source="upload", caption="uploaded after the snapshot")
+        store.put(late.key, late.data, late.content_type)
+        record = {
+            "key": late.key,
+            "sha256": late.sha256,
+            "source_sha256": late.source_sha256,
+            "width": late.width,
+            "height": late.height,
+            "source": late.source,
+            "caption": late.caption,
+            "metadata": {},
+            "added_at": "2026-02-01T10:00:00+00:00",
+            "model": engine.encoder.name,
+            "embedding": base64.b64encode(np.asarray(engine.embed([late])[0], dtype="<f4").tobytes()).decode(),
+        }
+        store.put_object(LEGACY_PREFIX + f"uploads/{late.sha256}.json", json.dumps(record).encode(), "application/json")
+        assert engine.count() == 0  # nothing migrated yet: the old layout appeared after this engine opened
+
+    with SearchEngine(settings) as engine:
+        keys = {r.key for r in engine.collection.records()}
+        assert keys == {r["key"] for r in rows[1:]} | {late.key}
+        assert engine.search_image(photos[6].read_bytes(), k=1)[0].caption == "uploaded after the snapshot"
+        assert engine.store.head(MIGRATED_MARKER) is not None
+    with SearchEngine(settings) as engine:
+        assert engine.count() == 6
