@@ -30,12 +30,14 @@ from clip_search.collection.table import CollectionTable
 from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index
 from clip_search.errors import ClipSearchError, StorageError
 from clip_search.fileio import remove_stale_temp_files
+from clip_search.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
 IVF_MIN_ROWS = 1_000  # below this an exact scan takes microseconds: the collection stays flat
 TRAIN_SAMPLE = 65_536
 ROW_CACHE_SIZE = 20_000
+TRIM_EVERY = 131_072  # rows loaded between hand-backs of freed read buffers (see clip_search.memory)
 
 
 class RWLock:
@@ -186,9 +188,12 @@ class Collection:
             index.add(ids[new], vectors[new])
             known.update(ids[new].tolist())
             bar.update(len(ids))
+            if len(known) // TRIM_EVERY != (len(known) - int(new.sum())) // TRIM_EVERY:
+                release_free_memory()  # the read buffers of the batches already copied into the index
 
         tracker.apply(tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=ids_none(), on_vectors=take))
         bar.close()
+        release_free_memory()
         return index, tracker, known
 
     def _wants_ivf(self, n: int) -> bool:

@@ -24,6 +24,7 @@ from lancedb.index import BTree
 from clip_search.collection.records import ImageRecord, NewImage, is_sha256
 from clip_search.collection.sync import ids_and_vectors
 from clip_search.errors import CatalogError, ModelMismatchError, StorageError
+from clip_search.memory import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class CollectionTable:
         self.uri = uri
         self.name = name
         self._options = storage_options
+        limit_malloc_arenas()  # before Lance starts its reader threads
         with table_io("opening the collection"):
             self._db = lancedb.connect(uri, storage_options=storage_options)
             self._table = self._open()
