@@ -35,6 +35,7 @@ class ModelSettings(_Section):
     max_text_tokens: int = Field(64, ge=1, le=512)
     torch_threads: int = Field(0, ge=0)
     quantize: Literal["none", "int8"] = "none"
+    query_quantize: Literal["auto", "none", "int8"] = "auto"
     warm_up: bool = True
 
 

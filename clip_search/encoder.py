@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -101,6 +102,40 @@ def _features(output: Any) -> Any:
     return output
 
 
+QUERY_COSINE_FLOOR = 0.999
+PROBE_QUERIES = (
+    "a dog running on a beach",
+    "red sports car parked in the street at night",
+    "two people eating pizza in a small kitchen",
+    "snow-covered mountains under a clear blue sky",
+    "a cat",
+    "close-up of a yellow flower with a bee",
+    "crowded train station, black and white photograph",
+    "an old wooden boat on a calm lake at sunset with trees reflected in the water",
+)
+
+
+def quantized_text_clone(model: Any) -> Any:
+    """A shallow clone of ``model`` sharing its vision tower, with dynamic-int8 copies of its text tower (and text
+    projection, for CLIP): queries get ~2-3x faster on CPU while the collection's image vectors stay exactly fp32."""
+    import copy
+
+    import torch
+
+    clone = copy.copy(model)
+    clone._modules = dict(model._modules)  # replace submodules of the clone only
+    for name in ("text_model", "text_projection"):
+        part = model._modules.get(name)
+        if part is not None:
+            with warnings.catch_warnings():  # torch.ao's notice that the API moves to torchao, once per process
+                warnings.simplefilter("ignore")
+                quantized = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(part), {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+                )
+            clone._modules[name] = quantized
+    return clone.eval()
+
+
 class HFEncoder:
     """SigLIP/CLIP through ``AutoModel``/``AutoProcessor``: a hub id or a local directory."""
 
@@ -114,6 +149,7 @@ class HFEncoder:
         max_text_tokens: int = 64,
         torch_threads: int = 0,
         quantize: str = "none",
+        query_quantize: str = "none",
     ) -> None:
         self.model_id = model_id
         self.revision = revision
@@ -123,6 +159,8 @@ class HFEncoder:
         self.max_text_tokens = max_text_tokens
         self.torch_threads = torch_threads
         self.quantize = quantize
+        self.query_quantize = query_quantize
+        self._text_model: Any = None  # the model text queries go through: the model, or its int8 text clone
         self._lock = threading.Lock()
         self._model: Any = None
         self._processor: Any = None
@@ -143,6 +181,7 @@ class HFEncoder:
             max_text_tokens=model.max_text_tokens,
             torch_threads=model.torch_threads,
             quantize=model.quantize,
+            query_quantize=model.query_quantize,
         )
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -189,6 +228,7 @@ class HFEncoder:
         self._text_length = min(self.max_text_tokens, text_positions or self.max_text_tokens)
         self._processor = processor
         self._model = model
+        self._text_model = self._query_model(model)
         log.info(
             "loaded %s on %s in %.1f s (%s)",
             self.model_id,
@@ -196,6 +236,28 @@ class HFEncoder:
             time.perf_counter() - started,
             "SigLIP" if self._is_siglip else type(model).__name__,
         )
+
+    def _query_model(self, model: Any) -> Any:
+        """The model for text queries: ``model`` itself, or a clone whose text tower is dynamic int8 (CPU only)."""
+        wanted = self.query_quantize
+        if wanted == "none" or self.quantize == "int8" or self._device != "cpu":
+            return model
+        clone = quantized_text_clone(model)
+        if wanted == "auto":
+            cosine = self._agreement(model, clone)
+            if cosine < QUERY_COSINE_FLOOR:
+                log.info(
+                    "int8 text queries gave cosine %.4f to fp32 (< %.3f): fp32 queries", cosine, QUERY_COSINE_FLOOR
+                )
+                return model
+            log.info("text queries run through an int8 text tower (cosine >= %.5f to fp32 on probes)", cosine)
+        return clone
+
+    def _agreement(self, model: Any, clone: Any) -> float:
+        """The lowest cosine between fp32 and int8 vectors of a few varied probe queries."""
+        exact = self._encode_with(model, list(PROBE_QUERIES))
+        fast = self._encode_with(clone, list(PROBE_QUERIES))
+        return float(np.min(np.sum(exact * fast, axis=1)))
 
     def warm_up(self) -> None:
         """One throwaway forward of each tower: transformers 5 maps weights lazily, so the first call is slow."""
@@ -209,6 +271,12 @@ class HFEncoder:
     def device(self) -> str:
         self.load()
         return self._device
+
+    @property
+    def query_path(self) -> str:
+        """How text queries are encoded: "int8" (a quantized text tower) or "fp32"."""
+        self.load()
+        return "fp32" if self._text_model is self._model else "int8"
 
     @property
     def input_size(self) -> int:
@@ -246,7 +314,6 @@ class HFEncoder:
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts, tokenized the way SigLIP was trained: padded to max length, truncated at 64 tokens."""
-        import torch
 
         if isinstance(texts, str):
             texts = [texts]
@@ -254,6 +321,16 @@ class HFEncoder:
         if not texts or any(not t for t in texts):
             raise EmptyQueryError("the text query is empty: type a few words describing the picture you want")
         self.load()
+        return self._encode_with(self._text_model, texts)
+
+    def encode_text_exact(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts through the fp32 text tower whatever ``query_quantize`` says (checks, evaluation)."""
+        self.load()
+        return self._encode_with(self._model, list(texts))
+
+    def _encode_with(self, model: Any, texts: list[str]) -> np.ndarray:
+        import torch
+
         padding = "max_length" if self._is_siglip else True
         out = []
         with torch.inference_mode():
@@ -267,7 +344,7 @@ class HFEncoder:
                     # SigLIP was trained with no attention mask over its padding (pad == eos, pooled from the last
                     # position); masking the pads would give vectors the image tower was never aligned with.
                     inputs.pop("attention_mask", None)
-                feats = _features(self._model.get_text_features(**inputs))
+                feats = _features(model.get_text_features(**inputs))
                 out.append(feats.float().cpu().numpy())
         return l2_normalize(np.concatenate(out))
 

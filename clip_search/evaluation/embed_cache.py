@@ -51,6 +51,9 @@ def encoder_identity(encoder: Any, kind: str) -> str:
         parts.append(f"quantize={quantize}")
     if kind == "texts":
         parts.append(f"max_text_tokens={getattr(encoder, 'max_text_tokens', '')}")
+        path = getattr(encoder, "query_path", "fp32")
+        if path != "fp32":
+            parts.append(f"query_path={path}")
     return "|".join(parts)
 
 
