@@ -44,6 +44,7 @@ HOW_TO_ADD = (
     "Add photos in the **Upload** tab, or on the server run `python -m clip_search ingest --samples` "
     "(a dozen sample photos) or `python -m clip_search ingest path/to/photos`."
 )
+WEAK_MARKER = '\n\n<span class="cs-weak-marker"></span>'  # the stylesheet greys out a gallery of weak matches
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
 ADMIN_ATTEMPTS_PER_MINUTE = 5
 
@@ -365,7 +366,7 @@ def page_message(engine: SearchEngine, state: dict[str, Any], page: SearchPage) 
     shown = len(state["ids"])
     if not page.hits and not shown:
         return f"Nothing to search yet. {HOW_TO_ADD}" if engine.count() == 0 else "No results."
-    what = {"text": "results", "image": "images", "similar": "images"}[state["kind"]]
+    what = ("result" if state["kind"] == "text" else "image") + ("" if shown == 1 else "s")
     text = request.get("text")
     subject = f" for “{md_escape(text)}”" if text else ""
     if state["kind"] == "image":
@@ -388,8 +389,8 @@ def page_message(engine: SearchEngine, state: dict[str, Any], page: SearchPage) 
         best = max((p or 0.0) for p in state["probabilities"]) if state["probabilities"] else 0.0
         message = (
             f"**No good match for “{md_escape(text or '')}”.** None of the {collection_size(engine.count())} matches "
-            f"it well (the best is a {percent(best)} match). The closest ones are below, but they are probably not "
-            "what you are looking for: try other words, or add photos of it in the Upload tab."
+            f"it well (the best is a {percent(best)} match). The closest {shown} are below, but they are probably "
+            "not what you are looking for: try other words, or add photos of it in the Upload tab."
         )
     elif text and state["kind"] == "text" and page.hits and page.hits[0].probability is not None:
         message += f" · best match {percent(max(p or 0.0 for p in state['probabilities']))}"
@@ -1126,7 +1127,7 @@ def _panel_outputs(panel: _ResultsPanel) -> list[Any]:
 
 
 def _show_page(results: PageResults, *, close_details: bool = True) -> tuple[Any, ...]:
-    marker = "" if results.page.confident else '\n\n<span class="cs-weak-marker"></span>'
+    marker = "" if results.page.confident else WEAK_MARKER
     values = (
         results.message + marker,
         gr.update(value=results.gallery(), visible=bool(results.page.hits)),
@@ -1215,12 +1216,9 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
         if not state:
             raise ClipSearchError("search first")
         results = run_state(engine, state, query_image(state, *image), more=True)
-        return (
-            results.message,
-            state_gallery(engine, results.state),
-            results.state,
-            gr.update(visible=results.page.has_more),
-        )
+        marker = "" if results.page.confident else WEAK_MARKER
+        gallery = state_gallery(engine, results.state)
+        return results.message + marker, gallery, results.state, gr.update(visible=results.page.has_more)
 
     @friendly
     def on_refine(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
@@ -1309,7 +1307,7 @@ def _wire_api(ctx: _Context, search: _SearchTab, image: _ImageTab, api: _ApiOutp
     engine, gate = ctx.engine, ctx.gate
 
     def show(results: Results) -> tuple[Any, ...]:
-        marker = "" if results.confident else '\n\n<span class="cs-weak-marker"></span>'
+        marker = "" if results.confident else WEAK_MARKER
         return results.message + marker, results.gallery(), results.as_dicts()
 
     @friendly
