@@ -1204,7 +1204,7 @@ def _wire_image_tab(ctx: _Context, tab: _ImageTab) -> None:
 
 
 def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_inputs: list[Any]) -> None:
-    """Open a result, mark it, refine, more like this, load more: the same in both search tabs."""
+    """Load more, Refine, More like this (the same in both search tabs; ``rerun_inputs`` give the query image)."""
     engine, gate = ctx.engine, ctx.gate
 
     def query_image(state: dict[str, Any], image: str | None = None, url: str | None = None) -> bytes | None:
@@ -1212,6 +1212,7 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
 
     @friendly
     def on_load_more(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
+        """The next page, appended: the gallery is rebuilt from the ids the session keeps."""
         gate.search(request)
         if not state:
             raise ClipSearchError("search first")
@@ -1222,6 +1223,7 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
 
     @friendly
     def on_refine(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
+        """The same query again with every mark so far (the details stay open for the next mark)."""
         gate.search(request)
         if not state or not (state["good"] or state["bad"]):
             raise ClipSearchError("mark results with 👍 or 👎 first, then Refine")
@@ -1231,6 +1233,7 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
     def on_similar(
         state: dict[str, Any] | None, image_id: float | None, k: float, request: gr.Request
     ) -> tuple[Any, ...]:
+        """Neighbours of the opened image, in the same filters and order; the image stays open beside them."""
         gate.search(request)
         if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
             raise ClipSearchError("click a result first, then “More like this”")
@@ -1239,25 +1242,6 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
         query.update({key: previous[key] for key in ("filters", "sort") if key in previous})
         fresh = new_state("similar", query, source=engine.get(int(image_id)).id)
         return _show_page(run_state(engine, fresh), close_details=False)
-
-    @friendly
-    def on_open(state: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, ...]:
-        index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
-        hit = opened_hit(engine, state, index)
-        if hit is None:
-            return None, "", None, gr.update(visible=False), ""
-        return (
-            [(hit["url"], f"image {hit['id']}")],
-            describe_hit(hit),
-            hit["id"],
-            gr.update(visible=True),
-            marks_note(state),
-        )
-
-    @friendly
-    def on_mark(state: dict[str, Any] | None, image_id: float | None, good: bool) -> tuple[Any, ...]:
-        marked = mark(state, image_id, good)
-        return marked, marks_note(marked)
 
     private = {"api_visibility": "private"}
     state_in = [panel.state, *rerun_inputs]
@@ -1278,6 +1262,34 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
         **private,
         **ctx.search_queue,
     )
+    _wire_details(ctx, panel)
+
+
+def _wire_details(ctx: _Context, panel: _ResultsPanel) -> None:
+    """Open a result beside the gallery, mark it 👍 / 👎, close it."""
+    engine = ctx.engine
+
+    @friendly
+    def on_open(state: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, ...]:
+        """A clicked result's image and details, looked up by its id."""
+        index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
+        hit = opened_hit(engine, state, index)
+        if hit is None:
+            return None, "", None, gr.update(visible=False), ""
+        return (
+            [(hit["url"], f"image {hit['id']}")],
+            describe_hit(hit),
+            hit["id"],
+            gr.update(visible=True),
+            marks_note(state),
+        )
+
+    @friendly
+    def on_mark(state: dict[str, Any] | None, image_id: float | None, good: bool) -> tuple[Any, ...]:
+        marked = mark(state, image_id, good)
+        return marked, marks_note(marked)
+
+    private = {"api_visibility": "private"}
     panel.gallery.select(
         on_open,
         inputs=[panel.state],
