@@ -222,3 +222,17 @@ def test_phone_width_controls_are_visible_and_reachable_by_keyboard(browser, app
         page.screenshot(path=str(SHOTS / "phone-390.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_image_search_with_words(page, app: RunningApp, photos: list[Path]):
+    _open(page, app.url)
+    page.get_by_role("tab", name="Image-Search").click()
+    page.locator("#image-query input[type=file]").set_input_files(str(photos[5]))
+    page.locator("#image-query img").first.wait_for()
+    words = page.locator("#image-text input, #image-text textarea").first
+    words.fill("at night")
+    words.press("Enter")
+    page.wait_for_function("() => document.querySelector('#image-status').innerText.includes('plus “at night”')")
+    _wait_images(page, "#image-gallery", 12)
+    assert "similarity" in page.locator("#image-gallery").inner_text()
+    _shot(page, "image-search-with-words")
