@@ -287,10 +287,11 @@ def search_request(
     k: int | None = None,
 ) -> dict[str, Any]:
     """The Search tab's fields as a query in the ``/query`` JSON format (what a session keeps between rounds)."""
+    source = (source or "").strip()
     filters = {
         "after": (after or "").strip() or None,
         "before": (before or "").strip() or None,
-        "source": None if (source or "all").strip() in ("", "all") else source.strip(),  # type: ignore[union-attr]
+        "source": None if source in ("", "all") else source,
         "caption": (caption or "").strip() or None,
         "orientation": None if (orientation or "any") == "any" else orientation,
     }
