@@ -146,6 +146,14 @@ class SearchEngine:
             raise NotFoundError(f"no image with id {image_id} in the collection")
         return record
 
+    def get_many(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Several images by id in one lookup (the app rebuilds a results page from ids); missing ones left out."""
+        return self.collection.get_many([_as_id(i) for i in image_ids])
+
+    def image_url(self, key: str) -> str:
+        """Where a browser fetches a stored image: a presigned URL, or a local file path the app serves."""
+        return self.store.url(key)
+
     # -- search ---------------------------------------------------------------------------------------------------
 
     def _k(self, k: int | None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import logging
 import math
 import re
@@ -30,7 +31,8 @@ from clip_search.access import (
     token_required,
 )
 from clip_search.engine import AddResult, SearchEngine, SearchHit
-from clip_search.errors import ClipSearchError, NotFoundError
+from clip_search.errors import ClipSearchError, EmptyQueryError, InvalidQueryError, NotFoundError
+from clip_search.search import Query, SearchPage
 from clip_search.urlfetch import fetch_url
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ HOW_TO_ADD = (
     "Add photos in the **Upload** tab, or on the server run `python -m clip_search ingest --samples` "
     "(a dozen sample photos) or `python -m clip_search ingest path/to/photos`."
 )
+WEAK_MARKER = '\n\n<span class="cs-weak-marker"></span>'  # the stylesheet greys out a gallery of weak matches
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
 ADMIN_ATTEMPTS_PER_MINUTE = 5
 
@@ -238,7 +241,7 @@ def describe_hit(hit: dict[str, Any] | None) -> str:
     rows: list[tuple[str, str]] = []
     if hit.get("probability") is not None:
         rows.append(("Match", f"{percent(hit['probability'])} (score {hit['score']:.3f})"))
-    else:
+    elif hit.get("score") is not None:  # a browse by date has no score
         rows.append(("Similarity", f"{hit['score']:.3f}"))
     rows.append(("Size", f"{hit['width']} × {hit['height']} px"))
     metadata = dict(hit.get("metadata") or {})
@@ -257,6 +260,250 @@ def describe_hit(hit: dict[str, Any] | None) -> str:
     if isinstance(others, list) and len(others) > 1:
         lines.append("**Other captions**\n" + "\n".join(f"- {md_escape(c)}" for c in others[1:5]))
     return "\n\n".join(lines)
+
+
+# -- queries with negative terms, filters, orders, pages and feedback ------------------------------------------
+
+SORTS = (("Relevance", "relevance"), ("Newest first", "newest"), ("Oldest first", "oldest"))
+ORIENTATION_CHOICES = (("Any", "any"), ("Landscape", "landscape"), ("Portrait", "portrait"), ("Square", "square"))
+SOURCE_CHOICES = (("All photos", "all"), ("Uploads only", "upload"))
+
+
+def split_terms(text: str | None) -> list[str]:
+    """ "people, cars" -> ["people", "cars"] (the negative-terms field)."""
+    return [term.strip() for term in (text or "").split(",") if term.strip()]
+
+
+def search_request(
+    text: str | None,
+    without: str | None = None,
+    *,
+    after: str | None = None,
+    before: str | None = None,
+    source: str | None = None,
+    caption: str | None = None,
+    orientation: str | None = None,
+    sort: str | None = None,
+    k: int | None = None,
+) -> dict[str, Any]:
+    """The Search tab's fields as a query in the ``/query`` JSON format (what a session keeps between rounds)."""
+    source = (source or "").strip()
+    filters = {
+        "after": (after or "").strip() or None,
+        "before": (before or "").strip() or None,
+        "source": None if source in ("", "all") else source,
+        "caption": (caption or "").strip() or None,
+        "orientation": None if (orientation or "any") == "any" else orientation,
+    }
+    request: dict[str, Any] = {"sort": sort or "relevance"}
+    if text and text.strip():
+        request["text"] = text.strip()
+    elif request["sort"] == "relevance" and not any(filters.values()):
+        raise EmptyQueryError("the text query is empty: type a few words describing the picture you want")
+    if terms := split_terms(without):
+        request["minus"] = terms
+    if any(filters.values()):
+        request["filters"] = {name: value for name, value in filters.items() if value}
+    if k is not None:
+        request["k"] = int(k)
+    return request
+
+
+@dataclass
+class PageResults:
+    """One page of a query, with what the session keeps to show the next page or refine it (ids, not hits)."""
+
+    kind: Kind
+    page: SearchPage
+    state: dict[str, Any]
+    message: str  # Markdown
+
+    def gallery(self) -> list[tuple[str, str]]:
+        return [(hit.url, hit_caption(hit)) for hit in self.page.hits]
+
+
+def new_state(kind: Kind, request: dict[str, Any], *, image: bool = False, source: int | None = None) -> dict[str, Any]:
+    """What a visitor's session holds for a results panel: the query (small JSON), result ids and scores, marks."""
+    return {
+        "kind": kind,
+        "request": request,
+        "image": image,  # the query image is the Image-Search tab's current picture (never kept here)
+        "source": source,  # "more like this": the image whose neighbours these are
+        "ids": [],
+        "scores": [],
+        "probabilities": [],
+        "next": None,
+        "good": [],
+        "bad": [],
+    }
+
+
+def run_state(
+    engine: SearchEngine, state: dict[str, Any], image: bytes | None = None, *, more: bool = False
+) -> PageResults:
+    """Run the state's query (its next page when ``more``) with its marks; the state is returned updated."""
+    request = dict(state["request"])
+    if state["good"] or state["bad"]:
+        request.update(like=list(state["good"]), unlike=list(state["bad"]))
+    if more:
+        if state.get("next") is None:
+            raise ClipSearchError("there are no more results for this query")
+        request["offset"] = state["next"]
+    page = Query.from_dict(request, image=image if state["image"] else None, runner=engine).run()
+    kept = state if more else {**state, "ids": [], "scores": [], "probabilities": []}
+    updated = {
+        **kept,
+        "ids": [*kept["ids"], *(h.id for h in page.hits)],
+        "scores": [*kept["scores"], *(round(h.score, 4) for h in page.hits)],
+        "probabilities": [*kept["probabilities"], *(h.probability for h in page.hits)],
+        "next": page.next_start,
+    }
+    return PageResults(state["kind"], page, updated, page_message(engine, updated, page))
+
+
+def page_message(engine: SearchEngine, state: dict[str, Any], page: SearchPage) -> str:
+    """The status line: how many results, for what, in which order, with which marks."""
+    request = state["request"]
+    shown = len(state["ids"])
+    if not page.hits and not shown:
+        return f"Nothing to search yet. {HOW_TO_ADD}" if engine.count() == 0 else "No results."
+    what = ("result" if state["kind"] == "text" else "image") + ("" if shown == 1 else "s")
+    text = request.get("text")
+    subject = f" for “{md_escape(text)}”" if text else ""
+    if state["kind"] == "image":
+        subject = " most similar to your picture" + (f" plus “{md_escape(text)}”" if text else "")
+    elif state["kind"] == "similar":
+        subject = f" like image {state['source']}"
+    if not text and state["kind"] == "text":
+        subject = " in the collection"
+    extras = []
+    if request.get("minus"):
+        extras.append("without " + ", ".join(md_escape(t) for t in request["minus"]))
+    if request.get("filters"):
+        extras.append("filtered by " + ", ".join(md_escape(str(k)) for k in request["filters"]))
+    if request.get("sort", "relevance") != "relevance":
+        extras.append(f"{request['sort']} first")
+    if state["good"] or state["bad"]:
+        extras.append(marks_summary(state))
+    message = f"**{shown} {what}**{subject}" + "".join(f" · {e}" for e in extras)
+    if not page.confident:
+        best = max((p or 0.0) for p in state["probabilities"]) if state["probabilities"] else 0.0
+        message = (
+            f"**No good match for “{md_escape(text or '')}”.** None of the {collection_size(engine.count())} matches "
+            f"it well (the best is a {percent(best)} match). The closest {shown} are below, but they are probably "
+            "not what you are looking for: try other words, or add photos of it in the Upload tab."
+        )
+    elif text and state["kind"] == "text" and page.hits and page.hits[0].probability is not None:
+        message += f" · best match {percent(max(p or 0.0 for p in state['probabilities']))}"
+    return message
+
+
+def state_gallery(engine: SearchEngine, state: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every result shown so far (after "Load more"), rebuilt from the ids the session keeps."""
+    records = engine.get_many(state["ids"])
+    items = []
+    for image_id, score, probability in zip(state["ids"], state["scores"], state["probabilities"], strict=True):
+        record = records.get(image_id)
+        if record is not None:
+            items.append((engine.image_url(record.key), item_caption(state, score, probability)))
+    return items
+
+
+def item_caption(state: dict[str, Any], score: float, probability: float | None) -> str:
+    if probability is not None:
+        return f"{percent(probability)} match · {score:.2f}"
+    if state["kind"] == "text" and not state["request"].get("text"):
+        return ""  # a browse by date: no score to show
+    return f"similarity {score:.2f}"
+
+
+def opened_hit(engine: SearchEngine, state: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
+    """The details of the result at ``index`` of the panel (looked up by id: the session keeps no hit dicts)."""
+    if not state or not 0 <= index < len(state["ids"]):
+        return None
+    record = engine.get(state["ids"][index])
+    browse = state["kind"] == "text" and not state["request"].get("text")
+    return {
+        "id": record.id,
+        "score": None if browse else state["scores"][index],
+        "probability": state["probabilities"][index],
+        "caption": record.caption,
+        "width": record.width,
+        "height": record.height,
+        "source": _display_source(record.source),
+        "metadata": record.metadata,
+        "added_at": record.added_at,
+        "url": engine.image_url(record.key),
+    }
+
+
+def mark(state: dict[str, Any] | None, image_id: int | float | None, good: bool) -> dict[str, Any]:
+    """👍 / 👎 on an opened result: the latest mark of an image wins; marks last until a new search."""
+    if not state:
+        raise ClipSearchError("search first, then open a result to mark it")
+    if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+        raise ClipSearchError("open a result first, then mark it")
+    image_id = int(image_id)
+    good_ids = [i for i in state["good"] if i != image_id]
+    bad_ids = [i for i in state["bad"] if i != image_id]
+    (good_ids if good else bad_ids).append(image_id)
+    return {**state, "good": good_ids, "bad": bad_ids}
+
+
+def marks_summary(state: dict[str, Any] | None) -> str:
+    if not state or not (state["good"] or state["bad"]):
+        return ""
+    return f"{len(state['good'])} marked good, {len(state['bad'])} marked bad"
+
+
+def marks_note(state: dict[str, Any] | None) -> str:
+    """Under the 👍 / 👎 buttons: how many results are marked, and what Refine does with them."""
+    summary = marks_summary(state)
+    return (
+        f"**{summary}** · Refine reruns the search with them." if summary else "Mark results good or bad, then Refine."
+    )
+
+
+def parse_query_json(payload: str | dict[str, Any] | None) -> dict[str, Any]:
+    """The ``/query`` endpoint's input: a JSON object, given as text or already parsed."""
+    if isinstance(payload, dict):
+        return payload
+    if payload is None or (isinstance(payload, str) and not payload.strip()):
+        raise InvalidQueryError('give the query as JSON, e.g. {"text": "a dog on a beach"}')
+    if not isinstance(payload, str):
+        raise InvalidQueryError('the query must be a JSON object, e.g. {"text": "a dog on a beach"}')
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidQueryError(
+            f"the query is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            'write it like {"text": "a dog on a beach", "minus": ["people"]}'
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidQueryError('the query must be a JSON object, e.g. {"text": "a dog on a beach"}')
+    return data
+
+
+def run_query_json(
+    engine: SearchEngine,
+    payload: str | dict[str, Any] | None,
+    image: str | Path | bytes | None = None,
+    *,
+    url_for: Callable[[str], str] = lambda url: url,
+) -> dict[str, Any]:
+    """The ``/query`` endpoint: a whole query as JSON (and an optional image) -> the page as JSON.
+
+    ``url_for`` turns an image's URL into what a browser fetches (the app's file route for the local store);
+    sources show as file names, never the server's folders.
+    """
+    data = parse_query_json(payload)
+    image_bytes = load_query_image(engine, image, None) if image else None
+    page = Query.from_dict(data, image=image_bytes, runner=engine).run()
+    out = page.to_dict()
+    for hit in out["hits"]:
+        hit["url"] = url_for(hit["url"])
+        hit["source"] = _display_source(hit["source"])
+    return out
 
 
 @dataclass
@@ -469,7 +716,10 @@ class Gate:
 
 
 def friendly(fn: F) -> F:
-    """Every error a visitor can meet becomes a short message in plain words; never a traceback."""
+    """Every error a visitor can meet becomes a short message in plain words; never a traceback.
+
+    Messages are shown as HTML text: ``<`` and ``&`` are escaped, quotes stay readable (API clients see them too).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -478,13 +728,19 @@ def friendly(fn: F) -> F:
         except gr.Error:
             raise
         except TooManyRequests as exc:
-            raise gr.Error(html.escape(str(exc)), title="Slow down", print_exception=False) from None
+            raise gr.Error(html.escape(str(exc), quote=False), title="Slow down", print_exception=False) from None
         except NotAllowed as exc:
-            raise gr.Error(html.escape(_sentence(str(exc))), title="Not allowed", print_exception=False) from None
+            raise gr.Error(
+                html.escape(_sentence(str(exc)), quote=False), title="Not allowed", print_exception=False
+            ) from None
         except NotFoundError as exc:
-            raise gr.Error(html.escape(_sentence(str(exc))), title="Not found", print_exception=False) from None
+            raise gr.Error(
+                html.escape(_sentence(str(exc)), quote=False), title="Not found", print_exception=False
+            ) from None
         except ClipSearchError as exc:
-            raise gr.Error(html.escape(_sentence(str(exc))), title="Sorry", print_exception=False) from None
+            raise gr.Error(
+                html.escape(_sentence(str(exc)), quote=False), title="Sorry", print_exception=False
+            ) from None
         except Exception:
             log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
             raise gr.Error(GENERIC_ERROR, title="Sorry", print_exception=False) from None
@@ -537,85 +793,535 @@ def theme() -> gr.themes.Base:
     return gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate")
 
 
-def _root_api_url(request: gr.Request | None) -> str:
-    """An absolute link to the API page, so it also works from a <gradio-app> embedded in another site."""
+def _root_url(request: gr.Request | None) -> str:
+    """The app's address as the visitor reached it ("" when unknown: links then stay relative)."""
     try:
         from gradio import route_utils
 
-        root = route_utils.get_root_url(request.request, route_path="/gradio_api/queue/join", root_path=None)
-        return f"{root}/?view=api"
+        return route_utils.get_root_url(request.request, route_path="/gradio_api/queue/join", root_path=None)
     except Exception:
-        return "?view=api"
+        return ""
+
+
+def _root_api_url(request: gr.Request | None) -> str:
+    """An absolute link to the API page, so it also works from a <gradio-app> embedded in another site."""
+    root = _root_url(request)
+    return f"{root}/?view=api" if root else "?view=api"
+
+
+def _browser_url(url: str, root: str) -> str:
+    """An image's URL as the gallery hands it to the browser: presigned URLs as they are, local files through
+    the app's file route."""
+    from gradio_client.utils import encode_file_path, is_http_url_like
+
+    return url if is_http_url_like(url) else f"{root}/gradio_api/file={encode_file_path(url)}"
+
+
+@dataclass
+class _Context:
+    """What every tab builder needs: the engine, the access checks and the queue groups."""
+
+    engine: SearchEngine
+    gate: Gate
+    search_queue: dict[str, Any]
+    upload_queue: dict[str, Any]
+    upload_token_needed: bool
+    admin_enabled: bool
+
+    @property
+    def k_range(self) -> tuple[int, int]:
+        return self.engine.settings.search.max_k, self.engine.settings.search.default_k
 
 
 @dataclass
 class _ResultsPanel:
+    """A status line, the gallery with "Load more", and the details of an opened result with its actions."""
+
     status: gr.Markdown
     gallery: gr.Gallery
-    hits: gr.State
-    json: gr.JSON
+    load_more: gr.Button
     details: gr.Column
+    opened: gr.Gallery  # the opened result's image: the source beside the results of "More like this"
     details_md: gr.Markdown
-    selected: gr.Number
+    good: gr.Button
+    bad: gr.Button
+    marks: gr.Markdown
     more: gr.Button
+    refine: gr.Button
     close: gr.Button
+    selected: gr.Number
+    state: gr.State
+
+
+@dataclass
+class _ApiOutputs:
+    """Hidden components the API endpoints answer into (the page's panels keep no hit dicts per visitor)."""
+
+    status: gr.Markdown
+    gallery: gr.Gallery
+    hits: gr.JSON
+    query: gr.JSON
+    image: gr.File
+    page: gr.JSON
 
 
 def _results_panel(name: str) -> _ResultsPanel:
     with gr.Column(elem_classes=["cs-panel"]):
         status = gr.Markdown(label="message", elem_classes=["cs-status"], elem_id=f"{name}-status")
-        gallery = gr.Gallery(
-            label="Results",
-            show_label=False,
-            columns=4,
-            height="auto",
-            object_fit="cover",
-            allow_preview=True,
-            interactive=False,
-            visible=False,
-            fit_columns=False,
-            buttons=["download", "fullscreen"],
-            elem_classes=["cs-results"],
-            elem_id=f"{name}-gallery",
-        )
-        with gr.Column(visible=False, elem_classes=["cs-details"], elem_id=f"{name}-details") as details:
-            details_md = gr.Markdown()
-            with gr.Row():
-                more = gr.Button(
-                    "More like this", variant="primary", size="sm", scale=0, min_width=160, elem_id=f"{name}-more"
+        with gr.Row(equal_height=False, elem_classes=["cs-results-row"]):
+            with gr.Column(scale=3, min_width=300):
+                gallery = gr.Gallery(
+                    label="Results",
+                    show_label=False,
+                    columns=4,
+                    height="auto",
+                    object_fit="cover",
+                    allow_preview=True,
+                    interactive=False,
+                    visible=False,
+                    fit_columns=False,
+                    buttons=["download", "fullscreen"],
+                    elem_classes=["cs-results"],
+                    elem_id=f"{name}-gallery",
                 )
-                close = gr.Button("Close", size="sm", scale=0, min_width=100, elem_id=f"{name}-close")
+                load_more = gr.Button("Load more", size="sm", visible=False, elem_id=f"{name}-load-more")
+            details, parts = _details_panel(name)
         selected = gr.Number(visible=False, precision=0, label="image id")
-        hits = gr.State([])
-        json = gr.JSON(visible=False, label="hits")
-    return _ResultsPanel(status, gallery, hits, json, details, details_md, selected, more, close)
+        state = gr.State(None)
+    return _ResultsPanel(status, gallery, load_more, details, *parts, selected, state)
 
 
-def build_app(engine: SearchEngine) -> gr.Blocks:
-    """The whole app over ``engine``. Queue and launch options are the caller's (see ``app.py``)."""
-    settings = engine.settings
-    app = settings.app
-    gate = Gate(engine)
-    k_max = settings.search.max_k
-    k_default = settings.search.default_k
-    upload_token_needed = token_required(UPLOAD_TOKEN_ENV)
-    admin_enabled = token_required(ADMIN_TOKEN_ENV)
-    search_queue = {"concurrency_id": "search", "concurrency_limit": app.search_concurrency}
-    upload_queue = {"concurrency_id": "upload", "concurrency_limit": app.upload_concurrency}
-    cache = (app.cache_max_age_s, app.cache_max_age_s) if app.cache_max_age_s else None
+def _details_panel(name: str) -> tuple[gr.Column, tuple[Any, ...]]:
+    with gr.Column(
+        scale=2, min_width=260, visible=False, elem_classes=["cs-details"], elem_id=f"{name}-details"
+    ) as details:
+        opened = gr.Gallery(
+            show_label=False,
+            columns=1,
+            height=220,
+            object_fit="contain",
+            allow_preview=False,
+            interactive=False,
+            buttons=[],
+            elem_id=f"{name}-opened",
+        )
+        details_md = gr.Markdown()
+        with gr.Row(elem_classes=["cs-actions"]):
+            good = gr.Button("👍 Good", size="sm", min_width=90, elem_id=f"{name}-good")
+            bad = gr.Button("👎 Bad", size="sm", min_width=90, elem_id=f"{name}-bad")
+            refine = gr.Button("Refine", size="sm", min_width=90, elem_id=f"{name}-refine")
+        marks = gr.Markdown(elem_id=f"{name}-marks", elem_classes=["cs-marks"])
+        with gr.Row(elem_classes=["cs-actions"]):
+            more = gr.Button("More like this", variant="primary", size="sm", min_width=140, elem_id=f"{name}-more")
+            close = gr.Button("Close", size="sm", min_width=90, elem_id=f"{name}-close")
+    return details, (opened, details_md, good, bad, marks, more, refine, close)
+
+
+@dataclass
+class _SearchTab:
+    query: gr.Textbox
+    button: gr.Button
+    without: gr.Textbox
+    sort: gr.Dropdown
+    k: gr.Slider
+    filters: tuple[Any, ...]  # after, before, source, caption, orientation
+    examples: gr.Examples
+    empty: gr.Column
+    samples_button: gr.Button
+    samples_status: gr.Markdown
+    panel: _ResultsPanel
+
+    @property
+    def inputs(self) -> list[Any]:
+        return [self.query, self.without, *self.filters, self.sort, self.k]
+
+
+def _search_tab(ctx: _Context) -> _SearchTab:
+    engine, (k_max, k_default) = ctx.engine, ctx.k_range
+    with gr.Column(visible=engine.count() == 0, elem_classes=["cs-empty"], elem_id="cs-empty") as empty:
+        gr.Markdown(empty_notice(engine))
+        samples_button = gr.Button(
+            "Add the sample photos",
+            variant="primary",
+            size="sm",
+            min_width=200,
+            visible=not ctx.upload_token_needed,
+            elem_id="cs-add-samples",
+        )
+        samples_status = gr.Markdown(label="message")
+    with gr.Row(equal_height=True):
+        query = gr.Textbox(
+            show_label=False,
+            placeholder="Describe the picture you want, e.g. “a dog running on a beach”, then press Enter",
+            scale=6,
+            max_lines=1,
+            autofocus=True,
+            elem_id="search-query",
+        )
+        button = gr.Button("Search", variant="primary", scale=1, min_width=90, elem_id="search-button")
+    with gr.Row(equal_height=True):
+        without = gr.Textbox(
+            label="Without", placeholder="people, cars", max_lines=1, scale=3, min_width=180, elem_id="search-without"
+        )
+        sort = gr.Dropdown(
+            choices=list(SORTS), value="relevance", label="Sort", scale=1, min_width=150, elem_id="search-sort"
+        )
+        k = gr.Slider(1, k_max, value=k_default, step=1, label="Results", scale=1, min_width=180, elem_id="search-k")
+    filters = _filters_accordion()
+    examples = gr.Examples(engine.settings.app.examples, inputs=[query], label="Try", examples_per_page=50)
+    panel = _results_panel("search")
+    return _SearchTab(query, button, without, sort, k, filters, examples, empty, samples_button, samples_status, panel)
+
+
+def _filters_accordion() -> tuple[Any, ...]:
+    """Added after/before, source, caption word, orientation: typed or picked, all usable from the keyboard."""
+    with gr.Accordion("Filters", open=False, elem_id="search-filters"):
+        with gr.Row():
+            after = gr.Textbox(
+                label="Added after", placeholder="2026-01-31", max_lines=1, min_width=150, elem_id="filter-after"
+            )
+            before = gr.Textbox(
+                label="Added before", placeholder="2026-12-31", max_lines=1, min_width=150, elem_id="filter-before"
+            )
+            source = gr.Dropdown(
+                choices=list(SOURCE_CHOICES),
+                value="all",
+                allow_custom_value=True,
+                label="Source (or type an ingested folder)",
+                min_width=180,
+                elem_id="filter-source",
+            )
+        with gr.Row():
+            caption = gr.Textbox(label="Caption has the word", max_lines=1, min_width=150, elem_id="filter-caption")
+            orientation = gr.Dropdown(
+                choices=list(ORIENTATION_CHOICES),
+                value="any",
+                label="Orientation",
+                min_width=150,
+                elem_id="filter-orientation",
+            )
+    return after, before, source, caption, orientation
+
+
+@dataclass
+class _ImageTab:
+    image: gr.Image
+    text: gr.Textbox
+    url: gr.Textbox
+    k: gr.Slider
+    button: gr.Button
+    panel: _ResultsPanel
+
+
+def _image_tab(ctx: _Context) -> _ImageTab:
+    k_max, k_default = ctx.k_range
+    gr.Markdown("Upload, paste or take a picture: the most similar photos of the collection appear below.")
+    with gr.Row():
+        with gr.Column(scale=2, min_width=260):
+            image = gr.Image(
+                type="filepath",
+                sources=["upload", "clipboard", "webcam"],
+                label="Your picture (it is not added to the collection)",
+                height=300,
+                elem_id="image-query",
+            )
+        with gr.Column(scale=3, min_width=260):
+            text = gr.Textbox(
+                label="…and words to add (optional)",
+                placeholder="at night",
+                max_lines=1,
+                elem_id="image-text",
+            )
+            url = gr.Textbox(
+                label="…or an image URL",
+                placeholder="https://example.com/photo.jpg",
+                max_lines=1,
+                visible=ctx.engine.settings.app.allow_image_urls,
+                elem_id="image-url",
+            )
+            k = gr.Slider(1, k_max, value=k_default, step=1, label="Results", elem_id="image-k")
+            button = gr.Button("Find similar images", variant="primary", elem_id="image-button")
+    return _ImageTab(image, text, url, k, button, _results_panel("image"))
+
+
+@dataclass
+class _UploadTab:
+    files: gr.File
+    caption: gr.Textbox
+    token: gr.Textbox
+    button: gr.Button
+    status: gr.Markdown
+    added: gr.Gallery
+    results: gr.JSON
+    admin: tuple[Any, ...] | None  # image id, token, button, status
+
+
+def _upload_tab(ctx: _Context) -> _UploadTab:
+    upload = ctx.engine.settings.upload
+    names = {"HEIF": "HEIC", "WEBP": "WebP"}
+    formats = ", ".join(names.get(f, f) for f in upload.formats)
+    gr.Markdown(
+        f"Add your photos to the collection: {formats}; up to {upload.max_bytes / 2**20:.0f} MiB each and "
+        f"{upload.max_files} at a time. "
+        + (
+            "Photos are stored re-encoded, without their metadata (location, camera, dates). "
+            if not upload.keep_metadata
+            else ""
+        )
+        + "They can be found by every visitor from the very next search."
+    )
+    files = gr.File(file_count="multiple", label="Photos", height=180, elem_id="upload-files")
+    with gr.Row():
+        caption = gr.Textbox(
+            label="Caption (optional, for all these photos)",
+            max_lines=2,
+            max_length=upload.max_caption_chars,
+            scale=3,
+            elem_id="upload-caption",
+        )
+        token = gr.Textbox(
+            label="Upload token", type="password", visible=ctx.upload_token_needed, scale=1, elem_id="upload-token"
+        )
+    button = gr.Button("Upload", variant="primary", elem_id="upload-button")
+    status = gr.Markdown(label="message", elem_id="upload-status")
+    added = gr.Gallery(
+        label="Added",
+        visible=False,
+        fit_columns=False,
+        height=240,
+        columns=6,
+        object_fit="cover",
+        interactive=False,
+        elem_id="upload-gallery",
+    )
+    results = gr.JSON(visible=False, label="results")
+    admin = None
+    if ctx.admin_enabled:
+        with gr.Accordion("Admin", open=False, elem_id="cs-admin"):
+            admin = (
+                gr.Number(label="Image id", precision=0),
+                gr.Textbox(label="Admin token", type="password"),
+                gr.Button("Delete image", variant="stop"),
+                gr.Markdown(label="message"),
+            )
+    return _UploadTab(files, caption, token, button, status, added, results, admin)
+
+
+def _api_outputs() -> _ApiOutputs:
+    with gr.Column(visible=False):
+        return _ApiOutputs(
+            status=gr.Markdown(label="message"),
+            gallery=gr.Gallery(label="Results", interactive=False),
+            hits=gr.JSON(label="hits"),
+            query=gr.JSON(label="query"),
+            image=gr.File(label="image", file_count="single", type="filepath"),
+            page=gr.JSON(label="page"),
+        )
+
+
+# -- events ---------------------------------------------------------------------------------------------------------
+
+
+def _panel_outputs(panel: _ResultsPanel) -> list[Any]:
+    """A new search's outputs: status, gallery, state, "Load more", the details closed, the marks note."""
+    return [panel.status, panel.gallery, panel.state, panel.load_more, panel.details, panel.marks]
+
+
+def _show_page(results: PageResults, *, close_details: bool = True) -> tuple[Any, ...]:
+    marker = "" if results.page.confident else WEAK_MARKER
+    values = (
+        results.message + marker,
+        gr.update(value=results.gallery(), visible=bool(results.page.hits)),
+        results.state,
+        gr.update(visible=results.page.has_more),
+    )
+    if close_details:
+        return (*values, gr.update(visible=False), "")
+    return (*values, marks_note(results.state))
+
+
+def _wire_search_tab(ctx: _Context, tab: _SearchTab) -> None:
+    engine, gate = ctx.engine, ctx.gate
+
+    @friendly
+    def on_find(
+        text: str,
+        without: str,
+        after: str,
+        before: str,
+        source: str,
+        caption: str,
+        orientation: str,
+        sort: str,
+        k: float,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:
+        """The Search tab: words, words to avoid, filters, an order; the first page of results."""
+        gate.search(request)
+        query = search_request(
+            text,
+            without,
+            after=after,
+            before=before,
+            source=source,
+            caption=caption,
+            orientation=orientation,
+            sort=sort,
+            k=int(k),
+        )
+        return _show_page(run_state(engine, new_state("text", query)))
+
+    outputs = _panel_outputs(tab.panel)
+    options = {"api_visibility": "private", **ctx.search_queue}
+    gr.on(
+        [tab.query.submit, tab.button.click, tab.without.submit], on_find, inputs=tab.inputs, outputs=outputs, **options
+    )
+    tab.examples.load_input_event.then(on_find, inputs=tab.inputs, outputs=outputs, **options)
+    _wire_panel(ctx, tab.panel, tab.k, rerun_inputs=[])
+
+
+def _wire_image_tab(ctx: _Context, tab: _ImageTab) -> None:
+    engine, gate = ctx.engine, ctx.gate
+
+    @friendly
+    def on_find_image(image: str | None, text: str, url: str, k: float, request: gr.Request) -> tuple[Any, ...]:
+        gate.search(request)
+        data = load_query_image(engine, image, url)
+        query: dict[str, Any] = {"k": int(k)}
+        if text and text.strip():
+            query["text"] = text.strip()
+        return _show_page(run_state(engine, new_state("image", query, image=True), data))
+
+    inputs = [tab.image, tab.text, tab.url, tab.k]
+    options = {"api_visibility": "private", **ctx.search_queue}
+    gr.on(
+        [tab.button.click, tab.url.submit, tab.text.submit],
+        on_find_image,
+        inputs=inputs,
+        outputs=_panel_outputs(tab.panel),
+        **options,
+    )
+    _wire_panel(ctx, tab.panel, tab.k, rerun_inputs=[tab.image, tab.url])
+
+
+def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_inputs: list[Any]) -> None:
+    """Load more, Refine, More like this (the same in both search tabs; ``rerun_inputs`` give the query image)."""
+    engine, gate = ctx.engine, ctx.gate
+
+    def query_image(state: dict[str, Any], image: str | None = None, url: str | None = None) -> bytes | None:
+        return load_query_image(engine, image, url) if state.get("image") else None
+
+    @friendly
+    def on_load_more(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
+        """The next page, appended: the gallery is rebuilt from the ids the session keeps."""
+        gate.search(request)
+        if not state:
+            raise ClipSearchError("search first")
+        results = run_state(engine, state, query_image(state, *image), more=True)
+        marker = "" if results.page.confident else WEAK_MARKER
+        gallery = state_gallery(engine, results.state)
+        return results.message + marker, gallery, results.state, gr.update(visible=results.page.has_more)
+
+    @friendly
+    def on_refine(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
+        """The same query again with every mark so far (the details stay open for the next mark)."""
+        gate.search(request)
+        if not state or not (state["good"] or state["bad"]):
+            raise ClipSearchError("mark results with 👍 or 👎 first, then Refine")
+        return _show_page(run_state(engine, state, query_image(state, *image)), close_details=False)
+
+    @friendly
+    def on_similar(
+        state: dict[str, Any] | None, image_id: float | None, k: float, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """Neighbours of the opened image, in the same filters and order; the image stays open beside them."""
+        gate.search(request)
+        if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+            raise ClipSearchError("click a result first, then “More like this”")
+        previous = (state or {}).get("request", {})
+        query = {"parts": [{"id": int(image_id)}], "k": int(k)}
+        query.update({key: previous[key] for key in ("filters", "sort") if key in previous})
+        fresh = new_state("similar", query, source=engine.get(int(image_id)).id)
+        return _show_page(run_state(engine, fresh), close_details=False)
+
+    private = {"api_visibility": "private"}
+    state_in = [panel.state, *rerun_inputs]
+    panel.load_more.click(
+        on_load_more,
+        inputs=state_in,
+        outputs=[panel.status, panel.gallery, panel.state, panel.load_more],
+        **private,
+        **ctx.search_queue,
+    )
+    panel.refine.click(
+        on_refine, inputs=state_in, outputs=[*_panel_outputs(panel)[:4], panel.marks], **private, **ctx.search_queue
+    )
+    panel.more.click(
+        on_similar,
+        inputs=[panel.state, panel.selected, k_input],
+        outputs=[*_panel_outputs(panel)[:4], panel.marks],
+        **private,
+        **ctx.search_queue,
+    )
+    _wire_details(ctx, panel)
+
+
+def _wire_details(ctx: _Context, panel: _ResultsPanel) -> None:
+    """Open a result beside the gallery, mark it 👍 / 👎, close it."""
+    engine = ctx.engine
+
+    @friendly
+    def on_open(state: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, ...]:
+        """A clicked result's image and details, looked up by its id."""
+        index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
+        hit = opened_hit(engine, state, index)
+        if hit is None:
+            return None, "", None, gr.update(visible=False), ""
+        return (
+            [(hit["url"], f"image {hit['id']}")],
+            describe_hit(hit),
+            hit["id"],
+            gr.update(visible=True),
+            marks_note(state),
+        )
+
+    @friendly
+    def on_mark(state: dict[str, Any] | None, image_id: float | None, good: bool) -> tuple[Any, ...]:
+        marked = mark(state, image_id, good)
+        return marked, marks_note(marked)
+
+    private = {"api_visibility": "private"}
+    panel.gallery.select(
+        on_open,
+        inputs=[panel.state],
+        outputs=[panel.opened, panel.details_md, panel.selected, panel.details, panel.marks],
+        **private,
+    )
+
+    def on_good(state: dict[str, Any] | None, image_id: float | None) -> tuple[Any, ...]:
+        return on_mark(state, image_id, True)
+
+    def on_bad(state: dict[str, Any] | None, image_id: float | None) -> tuple[Any, ...]:
+        return on_mark(state, image_id, False)
+
+    for button, fn in ((panel.good, on_good), (panel.bad, on_bad)):
+        button.click(
+            fn, inputs=[panel.state, panel.selected], outputs=[panel.state, panel.marks], queue=False, **private
+        )
+    panel.close.click(_hide, outputs=[panel.details], queue=False, **private)
+
+
+def _hide() -> Any:
+    return gr.update(visible=False)
+
+
+def _wire_api(ctx: _Context, search: _SearchTab, image: _ImageTab, api: _ApiOutputs) -> None:
+    """The named endpoints scripts call (``/search``, ``/search_image``, ``/more_like_this``, ``/query``)."""
+    engine, gate = ctx.engine, ctx.gate
 
     def show(results: Results) -> tuple[Any, ...]:
-        # the marker lets the stylesheet grey out the gallery of a query that matched nothing well
-        marker = "" if results.confident else '\n\n<span class="cs-weak-marker"></span>'
-        return (
-            results.message + marker,
-            results.gallery(),
-            [hit_to_dict(h) for h in results.hits],
-            results.as_dicts(),
-            gr.update(visible=False),
-        )
-
-    # -- wrappers: request -> access checks -> plain handler -> component values
+        marker = "" if results.confident else WEAK_MARKER
+        return results.message + marker, results.gallery(), results.as_dicts()
 
     @friendly
     def on_search(query: str, k: float, request: gr.Request) -> tuple[Any, ...]:
@@ -636,6 +1342,33 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         return show(more_like_this(engine, image_id, int(k)))
 
     @friendly
+    def on_query(query: str | dict[str, Any] | None, image: str | None, request: gr.Request) -> dict[str, Any]:
+        """A whole query as JSON (text, minus, parts, like, unlike, filters, sort, k, page), with an optional
+        image: one page of results as JSON."""
+        gate.search(request)
+        root = _root_url(request)
+        try:
+            return run_query_json(engine, query, image, url_for=lambda url: _browser_url(url, root))
+        finally:
+            if image:
+                discard_uploaded_copies([image])
+
+    outputs = [api.status, api.gallery, api.hits]
+    for name, fn, inputs in (
+        ("search", on_search, [search.query, search.k]),
+        ("search_image", on_search_image, [image.image, image.k, image.url]),
+        ("more_like_this", on_more_like_this, [search.panel.selected, search.k]),
+    ):
+        gr.Button(visible=False).click(fn, inputs=inputs, outputs=outputs, api_name=name, **ctx.search_queue)
+    gr.Button(visible=False).click(
+        on_query, inputs=[api.query, api.image], outputs=[api.page], api_name="query", **ctx.search_queue
+    )
+
+
+def _wire_upload_tab(ctx: _Context, tab: _UploadTab, search: _SearchTab, refresh: dict[str, Any]) -> None:
+    engine, gate = ctx.engine, ctx.gate
+
+    @friendly
     def on_upload(
         files: list[str] | None,
         caption: str,
@@ -648,7 +1381,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         if not files:
             raise ClipSearchError("choose one or more photos to upload first")
         try:
-            allowed, wait = gate.upload(request, min(len(files), settings.upload.max_files), token)
+            allowed, wait = gate.upload(request, min(len(files), engine.settings.upload.max_files), token)
             outcome = upload_files(
                 engine,
                 files,
@@ -663,7 +1396,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
 
     @friendly
     def on_add_samples(request: gr.Request) -> str:
-        if upload_token_needed:
+        if ctx.upload_token_needed:
             raise NotAllowed("add the sample photos from the command line: python -m clip_search ingest --samples")
         gate.upload(request, 1, None)
         return add_samples(engine)
@@ -674,236 +1407,70 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         gate.delete(request, token)
         return delete_image(engine, image_id)
 
+    event = tab.button.click(
+        on_upload,
+        inputs=[tab.files, tab.caption, tab.token],
+        outputs=[tab.status, tab.added, tab.results],
+        api_name="upload",
+        **ctx.upload_queue,
+    )
+    event.success(
+        lambda results: (None, gr.update(visible=any(r.get("status") == "added" for r in results or []))),
+        inputs=[tab.results],
+        outputs=[tab.files, tab.added],
+        api_visibility="private",
+        queue=False,
+    )
+    event.then(**refresh)
+    search.samples_button.click(
+        on_add_samples, outputs=[search.samples_status], api_name="add_samples", **ctx.upload_queue
+    ).then(**refresh)
+    if tab.admin is not None:
+        delete_id, admin_token, delete_button, delete_status = tab.admin
+        delete_button.click(
+            on_delete, inputs=[delete_id, admin_token], outputs=[delete_status], api_name="delete", **ctx.upload_queue
+        ).then(**refresh)
+
+
+def build_app(engine: SearchEngine) -> gr.Blocks:
+    """The whole app over ``engine``. Queue and launch options are the caller's (see ``app.py``)."""
+    app = engine.settings.app
+    ctx = _Context(
+        engine=engine,
+        gate=Gate(engine),
+        search_queue={"concurrency_id": "search", "concurrency_limit": app.search_concurrency},
+        upload_queue={"concurrency_id": "upload", "concurrency_limit": app.upload_concurrency},
+        upload_token_needed=token_required(UPLOAD_TOKEN_ENV),
+        admin_enabled=token_required(ADMIN_TOKEN_ENV),
+    )
+    cache = (app.cache_max_age_s, app.cache_max_age_s) if app.cache_max_age_s else None
+
     @friendly
     def on_load(request: gr.Request) -> tuple[Any, ...]:
-        empty = engine.count() == 0
-        return header_html(engine, _root_api_url(request)), gr.update(visible=empty)
-
-    def on_select(hits: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, ...]:
-        index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
-        if not hits or not 0 <= index < len(hits):
-            return "", None, gr.update(visible=False)
-        hit = hits[index]
-        return describe_hit(hit), hit["id"], gr.update(visible=True)
-
-    def hide() -> Any:
-        return gr.update(visible=False)
+        return header_html(engine, _root_api_url(request)), gr.update(visible=engine.count() == 0)
 
     with gr.Blocks(title=app.title, analytics_enabled=False, delete_cache=cache, fill_width=False) as demo:
         header = gr.HTML(header_html(engine), elem_id="cs-header", js_on_load=OPEN_API_PAGE)
         with gr.Tabs(elem_id="cs-tabs"):
-            # -- Search ------------------------------------------------------------------------------------------
             with gr.Tab("Search", id="search", elem_id="tab-search"):
-                with gr.Column(visible=engine.count() == 0, elem_classes=["cs-empty"], elem_id="cs-empty") as empty:
-                    gr.Markdown(empty_notice(engine))
-                    with gr.Row():
-                        samples_button = gr.Button(
-                            "Add the sample photos",
-                            variant="primary",
-                            size="sm",
-                            scale=0,
-                            min_width=200,
-                            visible=not upload_token_needed,
-                            elem_id="cs-add-samples",
-                        )
-                    samples_status = gr.Markdown(label="message")
-                with gr.Row(equal_height=True):
-                    query = gr.Textbox(
-                        show_label=False,
-                        placeholder="Describe the picture you want, e.g. “a dog running on a beach”, then press Enter",
-                        scale=6,
-                        max_lines=1,
-                        autofocus=True,
-                        elem_id="search-query",
-                    )
-                    search_button = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
-                with gr.Row(equal_height=True):
-                    with gr.Column(scale=4):
-                        examples = gr.Examples(
-                            app.examples, inputs=[query], label="Try", examples_per_page=len(app.examples)
-                        )
-                    with gr.Column(scale=1, min_width=220):
-                        k_text = gr.Slider(1, k_max, value=k_default, step=1, label="Results", elem_id="search-k")
-                text_panel = _results_panel("search")
-
-            # -- Image-Search ------------------------------------------------------------------------------------
+                search = _search_tab(ctx)
             with gr.Tab("Image-Search", id="image-search", elem_id="tab-image-search"):
-                gr.Markdown("Upload, paste or take a picture: the most similar photos of the collection appear below.")
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        query_image = gr.Image(
-                            type="filepath",
-                            sources=["upload", "clipboard", "webcam"],
-                            label="Your picture (it is not added to the collection)",
-                            height=300,
-                            elem_id="image-query",
-                        )
-                    with gr.Column(scale=3):
-                        image_url = gr.Textbox(
-                            label="…or an image URL",
-                            placeholder="https://example.com/photo.jpg",
-                            max_lines=1,
-                            visible=app.allow_image_urls,
-                            elem_id="image-url",
-                        )
-                        k_image = gr.Slider(1, k_max, value=k_default, step=1, label="Results", elem_id="image-k")
-                        image_button = gr.Button("Find similar images", variant="primary", elem_id="image-button")
-                image_panel = _results_panel("image")
-
-            # -- Upload ------------------------------------------------------------------------------------------
+                image = _image_tab(ctx)
             with gr.Tab("Upload", id="upload", elem_id="tab-upload"):
-                names = {"HEIF": "HEIC", "WEBP": "WebP"}
-                formats = ", ".join(names.get(f, f) for f in settings.upload.formats)
-                gr.Markdown(
-                    f"Add your photos to the collection: {formats}; up to "
-                    f"{settings.upload.max_bytes / 2**20:.0f} MiB each and {settings.upload.max_files} at a time. "
-                    + (
-                        "Photos are stored re-encoded, without their metadata (location, camera, dates). "
-                        if not settings.upload.keep_metadata
-                        else ""
-                    )
-                    + "They can be found by every visitor from the very next search."
-                )
-                files = gr.File(
-                    file_count="multiple",
-                    label="Photos",
-                    height=180,
-                    elem_id="upload-files",
-                )
-                with gr.Row():
-                    caption = gr.Textbox(
-                        label="Caption (optional, for all these photos)",
-                        max_lines=2,
-                        max_length=settings.upload.max_caption_chars,
-                        scale=3,
-                        elem_id="upload-caption",
-                    )
-                    token = gr.Textbox(
-                        label="Upload token",
-                        type="password",
-                        visible=upload_token_needed,
-                        scale=1,
-                        elem_id="upload-token",
-                    )
-                upload_button = gr.Button("Upload", variant="primary", elem_id="upload-button")
-                upload_status = gr.Markdown(label="message", elem_id="upload-status")
-                added_gallery = gr.Gallery(
-                    label="Added",
-                    visible=False,
-                    fit_columns=False,
-                    height=240,
-                    columns=6,
-                    object_fit="cover",
-                    interactive=False,
-                    elem_id="upload-gallery",
-                )
-                upload_json = gr.JSON(visible=False, label="results")
-                if admin_enabled:
-                    with gr.Accordion("Admin", open=False, elem_id="cs-admin"):
-                        delete_id = gr.Number(label="Image id", precision=0)
-                        admin_token = gr.Textbox(label="Admin token", type="password")
-                        delete_button = gr.Button("Delete image", variant="stop")
-                        delete_status = gr.Markdown(label="message")
+                upload = _upload_tab(ctx)
+        api = _api_outputs()
 
-        # -- events ------------------------------------------------------------------------------------------------
         refresh = {
             "fn": on_load,
-            "inputs": None,
-            "outputs": [header, empty],
+            "outputs": [header, search.empty],
             "api_visibility": "private",
             "show_progress": "hidden",
         }
         demo.load(**refresh)
-
-        def results_outputs(panel: _ResultsPanel) -> list[Any]:
-            return [panel.status, panel.gallery, panel.hits, panel.json, panel.details]
-
-        def reveal(event: Any, panel: _ResultsPanel) -> None:
-            """Galleries stay hidden until they have something to show (no empty placeholder boxes)."""
-            event.success(
-                lambda hits: gr.update(visible=bool(hits)),
-                inputs=[panel.hits],
-                outputs=[panel.gallery],
-                api_visibility="private",
-                queue=False,
-            )
-
-        text_inputs = [query, k_text]
-        search_event = gr.on(
-            [query.submit, search_button.click],
-            on_search,
-            inputs=text_inputs,
-            outputs=results_outputs(text_panel),
-            api_name="search",
-            **search_queue,
-        )
-        reveal(search_event, text_panel)
-        example_event = examples.load_input_event.then(
-            on_search, inputs=text_inputs, outputs=results_outputs(text_panel), api_visibility="private", **search_queue
-        )
-        reveal(example_event, text_panel)
-        image_event = image_button.click(
-            on_search_image,
-            inputs=[query_image, k_image, image_url],
-            outputs=results_outputs(image_panel),
-            api_name="search_image",
-            **search_queue,
-        )
-        reveal(image_event, image_panel)
-        url_event = image_url.submit(
-            on_search_image,
-            inputs=[query_image, k_image, image_url],
-            outputs=results_outputs(image_panel),
-            api_visibility="private",
-            **search_queue,
-        )
-        reveal(url_event, image_panel)
-        for panel, k_input, public in ((text_panel, k_text, True), (image_panel, k_image, False)):
-            panel.gallery.select(
-                on_select,
-                inputs=[panel.hits],
-                outputs=[panel.details_md, panel.selected, panel.details],
-                api_visibility="private",
-                queue=False,
-            )
-            panel.gallery.preview_close(hide, outputs=[panel.details], api_visibility="private", queue=False)
-            panel.close.click(hide, outputs=[panel.details], api_visibility="private", queue=False)
-            more_event = panel.more.click(
-                on_more_like_this,
-                inputs=[panel.selected, k_input],
-                outputs=results_outputs(panel),
-                api_name="more_like_this" if public else None,
-                api_visibility="public" if public else "private",
-                scroll_to_output=True,
-                **search_queue,
-            )
-            reveal(more_event, panel)
-        upload_event = upload_button.click(
-            on_upload,
-            inputs=[files, caption, token],
-            outputs=[upload_status, added_gallery, upload_json],
-            api_name="upload",
-            **upload_queue,
-        )
-        upload_event.success(
-            lambda results: (None, gr.update(visible=any(r.get("status") == "added" for r in results or []))),
-            inputs=[upload_json],
-            outputs=[files, added_gallery],
-            api_visibility="private",
-            queue=False,
-        )
-        upload_event.then(**refresh)
-        samples_button.click(on_add_samples, outputs=[samples_status], api_name="add_samples", **upload_queue).then(
-            **refresh
-        )
-        if admin_enabled:
-            delete_button.click(
-                on_delete,
-                inputs=[delete_id, admin_token],
-                outputs=[delete_status],
-                api_name="delete",
-                **upload_queue,
-            ).then(**refresh)
+        _wire_search_tab(ctx, search)
+        _wire_image_tab(ctx, image)
+        _wire_api(ctx, search, image, api)
+        _wire_upload_tab(ctx, upload, search, refresh)
 
         @friendly
         def stats() -> dict[str, Any]:
@@ -918,7 +1485,10 @@ def queue_options(engine: SearchEngine) -> dict[str, Any]:
     """``demo.queue(...)``: a bounded queue. Searches and uploads have their own concurrency groups (set on
     the events), so a long upload never takes the slots searches run in."""
     app = engine.settings.app
-    return {"max_size": app.queue_max_size, "default_concurrency_limit": app.search_concurrency}
+    return {
+        "max_size": app.queue_max_size,
+        "default_concurrency_limit": app.search_concurrency,
+    }
 
 
 def launch_options(engine: SearchEngine) -> dict[str, Any]:
@@ -934,6 +1504,9 @@ def launch_options(engine: SearchEngine) -> dict[str, Any]:
         "css": CSS,
         "footer_links": ["api", "gradio", "settings"],
         "show_error": False,
+        # Gradio keeps a copy of the page's settings and every output per session: at most app.max_sessions of
+        # them stay in memory (the longest idle one is forgotten first; its visitor simply searches again).
+        "state_session_capacity": engine.settings.app.max_sessions,
     }
 
 

@@ -35,7 +35,7 @@ def client(app: RunningApp) -> Iterator[Client]:
 
 def test_endpoints_are_named(client: Client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/search", "/search_image", "/more_like_this", "/upload", "/stats"} <= names
+    assert {"/search", "/search_image", "/more_like_this", "/query", "/upload", "/stats"} <= names
     assert "/delete" not in names  # no admin token configured: no delete endpoint at all
 
 
@@ -79,6 +79,40 @@ def test_more_like_this(client: Client):
     _, _, hits = client.predict("a kitchen", 1, api_name="/search")
     _, _, similar = client.predict(hits[0]["id"], 4, api_name="/more_like_this")
     assert len(similar) == 4 and hits[0]["id"] not in [h["id"] for h in similar]
+
+
+def test_query_gives_the_same_results_as_search_and_the_engine(client: Client, app: RunningApp, tiny_model_dir: Path):
+    _, gallery, hits = client.predict("a dog playing in the snow", 5, api_name="/search")
+    page = client.predict('{"text": "a dog playing in the snow", "k": 5}', None, api_name="/query")
+    assert [h["id"] for h in page["hits"]] == [h["id"] for h in hits]
+    assert [h["url"] for h in page["hits"]] == [item["image"]["url"] for item in gallery]  # as the browser gets them
+    assert page["has_more"] and page["next_start"] == 5 and page["start"] == 0
+    assert all("/" not in h["source"] for h in page["hits"])  # file names, not the server's folders
+    # a query with a minus term, a filter and an order, sent as an object: the engine's own answer
+    query = {"text": "a city street", "minus": ["cars"], "filters": {"orientation": "landscape"}, "k": 4, "page": 2}
+    page = client.predict(query, None, api_name="/query")
+    from clip_search.engine import SearchEngine
+    from tests.conftest import make_settings
+
+    with SearchEngine(make_settings(app.data_dir, tiny_model_dir)) as engine:
+        expected = engine.query("a city street").minus("cars").where(orientation="landscape").limit(4).page(2).run()
+    assert [h["id"] for h in page["hits"]] == [h.id for h in expected.hits] and page["start"] == 4
+    assert page["query"]["filters"] == {"orientation": "landscape"}
+
+
+def test_query_with_an_image_and_words(client: Client, photos: list[Path]):
+    page = client.predict('{"text": "at night", "k": 3}', handle_file(str(photos[4])), api_name="/query")
+    assert len(page["hits"]) == 3 and page["hits"][0]["probability"] is None
+    assert page["query"]["parts"] == [{"text": "at night", "weight": 1.0}, {"image": True, "weight": 1.0}]
+
+
+def test_query_bad_json_is_a_clear_message(client: Client, app: RunningApp):
+    with pytest.raises(Exception, match="not valid JSON") as info:
+        client.predict('{"text": "a dog", ', None, api_name="/query")
+    assert "Traceback" not in str(info.value) and "&quot;" not in str(info.value)
+    with pytest.raises(Exception, match="nknown query field colour"):
+        client.predict({"text": "a dog", "colour": "red"}, None, api_name="/query")
+    assert "Traceback" not in app.log()
 
 
 def test_upload_then_find_it(client: Client, app: RunningApp, photos: list[Path], tmp_path: Path):

@@ -141,7 +141,7 @@ def test_open_a_result_and_more_like_this(page, app: RunningApp):
     )
     _wait_images(page, "#search-gallery", 11)
     assert "similarity" in page.locator("#search-gallery").inner_text()
-    assert details.is_hidden()
+    assert details.is_visible() and details.locator("h3").inner_text() == title  # the source, beside its results
     _shot(page, "more-like-this")
 
 

@@ -318,14 +318,14 @@ def test_errors_become_plain_messages_never_tracebacks(caplog):
 def _api_names(demo: gr.Blocks) -> set[str]:
     return {
         fn.api_name for fn in demo.fns.values() if fn.api_name and fn.api_visibility in ("public", "undocumented")
-    } & {"search", "search_image", "more_like_this", "upload", "add_samples", "delete", "stats"}
+    } & {"search", "search_image", "more_like_this", "query", "upload", "add_samples", "delete", "stats"}
 
 
 def test_build_app_names_every_action(engine: SearchEngine, monkeypatch):
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
     monkeypatch.delenv(UPLOAD_TOKEN_ENV, raising=False)
     demo = ui.build_app(engine)
-    assert _api_names(demo) == {"search", "search_image", "more_like_this", "upload", "add_samples", "stats"}
+    assert _api_names(demo) == {"search", "search_image", "more_like_this", "query", "upload", "add_samples", "stats"}
     assert not _component(demo, "upload-token").visible  # no token configured: no token field
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "adm1n")
     monkeypatch.setenv(UPLOAD_TOKEN_ENV, "s3cret")
@@ -372,6 +372,7 @@ def test_launch_options_serve_only_the_image_folder(engine: SearchEngine):
     assert options["allowed_paths"] == [str(engine.store.root)]
     assert options["max_file_size"] == engine.settings.upload.max_bytes
     assert "theme" in options and "css" in options
+    assert options["state_session_capacity"] == engine.settings.app.max_sessions  # not Gradio's 10,000
 
 
 # -- a small local web server for the URL tests -------------------------------------------------------------------

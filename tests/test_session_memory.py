@@ -1,0 +1,83 @@
+"""Memory per visitor: many new sessions must not grow the app without bound (issue 14, item 11).
+
+Gradio keeps, per session, a copy of the page's settings and every output it sent; the app keeps only a small
+query dict and result ids per results panel, and at most ``app.max_sessions`` sessions (Gradio's default is 10,000,
+about 1 GB for this page). Sessions are driven over plain HTTP, as browsers do: join the queue, read the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.app_process import RunningApp, start_app
+from tests.conftest import shared_data
+
+pytestmark = pytest.mark.slow
+
+SESSIONS = 2000
+MAX_GROWTH_MB = 50
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[RunningApp]:
+    photos = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[:24]
+    extra = "rate_limit:\n  searches_per_minute: 0\n"  # every visitor comes from 127.0.0.1 here
+    with start_app(tmp_path_factory.mktemp("memory-app"), tiny_model_dir, photos=photos, extra_config=extra) as app:
+        yield app
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _search_event(url: str) -> tuple[int, int]:
+    """The Search tab's search (fn index) and the query box (its trigger), from the page's config."""
+    config = requests.get(url + "/config", timeout=30).json()
+    box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "search-query")
+    fn = next(d["id"] for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
+    return fn, box
+
+
+def visit(url: str, event: tuple[int, int], text: str) -> None:
+    """A new visitor (a fresh session) searches once and reads the results, as the page does."""
+    fn, trigger = event
+    session = uuid.uuid4().hex[:11]
+    data = [text, "", "", "", "all", "", "any", "relevance", 12]
+    with requests.Session() as http:
+        body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": trigger}
+        http.post(url + "/gradio_api/queue/join", json=body, timeout=60).raise_for_status()
+        stream = http.get(url + "/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120)
+        with stream:
+            for line in stream.iter_lines():
+                if line.startswith(b"data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        assert message.get("success"), message
+                        assert len(message["output"]["data"][1]["value"]) == 12  # the gallery
+                        return
+    raise AssertionError("the stream ended before the search completed")
+
+
+def visits(url: str, n: int) -> None:
+    event = _search_event(url)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: visit(url, event, f"a photo of thing number {i % 40}"), range(n)))
+
+
+def test_new_sessions_do_not_grow_memory_without_bound(app: RunningApp):
+    visits(app.url, 100)  # warm up: caches, thread pools, the first sessions
+    before = rss_mb(app.process.pid)
+    visits(app.url, SESSIONS)
+    growth = rss_mb(app.process.pid) - before
+    print(f"{SESSIONS} new sessions: RSS +{growth:.1f} MB")
+    assert growth < MAX_GROWTH_MB, f"{SESSIONS} sessions grew the app by {growth:.0f} MB"
