@@ -61,7 +61,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                 data = Path(args.image).read_bytes()
             except OSError as exc:
                 raise ClipSearchError(f"cannot read {args.image}: {exc.strerror or exc}") from exc
-            hits = engine.search_image(data, args.k)
+            # A file of this machine, chosen by its owner: the ingest limits, as `ingest` would apply to it (the
+            # app holds visitors' query images to the stricter upload limits).
+            hits = engine.search_image(engine.decode(data).image, args.k)
         else:
             hits = engine.search_text(args.query, args.k)
         if not hits and engine.count() == 0:

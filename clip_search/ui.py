@@ -212,7 +212,7 @@ def image_search(
     """The Image-Search tab: images most similar to a query image, which is never stored."""
     data = load_query_image(engine, image, url)
     if engine.count() == 0:
-        engine.decode(data)  # still say so when the picture itself is unusable
+        engine.decode_query(data)  # still say so when the picture itself is unusable
         return Results("image", [], f"Nothing to search yet. {HOW_TO_ADD}")
     hits = engine.search_image(data, k)
     return Results("image", hits, f"**{len(hits)} images** most similar to your picture")
