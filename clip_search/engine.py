@@ -9,6 +9,7 @@ bytes, then commit the row: the commit point).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -151,10 +152,19 @@ class SearchEngine:
 
     # -- search ---------------------------------------------------------------------------------------------------
 
-    def _k(self, k: int | None) -> int:
+    def _k(self, k: object) -> int:
+        """How many results: clamped to 1..``search.max_k`` (an API client may send 0 or 1e9); not a number is
+        refused in words."""
         if k is None:
             return self.settings.search.default_k
-        return max(1, min(int(k), self.settings.search.max_k))
+        top = self.settings.search.max_k
+        try:
+            value = float(k)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isnan(value):
+            raise ClipSearchError(f"the number of results must be a number from 1 to {top}, not “{str(k)[:20]}”")
+        return int(max(1, min(value, top)))
 
     def embed_text(self, query: str) -> np.ndarray:
         """The query's vector, from a small LRU cache (demo visitors repeat the example queries)."""

@@ -31,6 +31,7 @@ from clip_search.access import (
 )
 from clip_search.engine import AddResult, SearchEngine, SearchHit
 from clip_search.errors import ClipSearchError, NotFoundError
+from clip_search.images import open_image
 from clip_search.urlfetch import fetch_url
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:] if message else message
 
 
+def _count(items: Sequence[object], noun: str) -> str:
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
+
+
 def collection_size(n: int) -> str:
     return f"{n:,} image" + ("" if n == 1 else "s")
 
@@ -157,7 +162,7 @@ def empty_notice(engine: SearchEngine) -> str:
     return f"### The collection is empty\n{HOW_TO_ADD}"
 
 
-def text_search(engine: SearchEngine, query: str, k: int | None = None) -> Results:
+def text_search(engine: SearchEngine, query: str, k: float | str | None = None) -> Results:
     """The Search tab. Raises EmptyQueryError (a ClipSearchError) for an empty query."""
     hits = engine.search_text(query, k)
     shown = md_escape(query)
@@ -165,7 +170,7 @@ def text_search(engine: SearchEngine, query: str, k: int | None = None) -> Resul
         return Results("text", [], f"Nothing to search yet. {HOW_TO_ADD}" if engine.count() == 0 else "No results.")
     best = max(h.probability or 0.0 for h in hits)
     if engine.is_confident(hits):
-        message = f"**{len(hits)} results** for “{shown}” · best match {percent(best)}"
+        message = f"**{_count(hits, 'result')}** for “{shown}” · best match {percent(best)}"
         return Results("text", hits, message, confident=True)
     message = (
         f"**No good match for “{shown}”.** None of the {collection_size(engine.count())} matches it well "
@@ -206,8 +211,16 @@ def load_query_image(engine: SearchEngine, image: str | Path | bytes | None, url
     return data
 
 
+def check_query_image(engine: SearchEngine, image: str | Path | bytes | None) -> None:
+    """Checked from its header as soon as a picture is chosen, so a file that is not one (a text file named .jpg)
+    is named at once instead of leaving a broken preview; raises a ClipSearchError saying why."""
+    if image:
+        limits = engine.settings.upload
+        open_image(load_query_image(engine, image, None), max_pixels=limits.max_pixels, formats=limits.formats)
+
+
 def image_search(
-    engine: SearchEngine, image: str | Path | bytes | None, url: str | None = None, k: int | None = None
+    engine: SearchEngine, image: str | Path | bytes | None, url: str | None = None, k: float | str | None = None
 ) -> Results:
     """The Image-Search tab: images most similar to a query image, which is never stored."""
     data = load_query_image(engine, image, url)
@@ -215,17 +228,24 @@ def image_search(
         engine.decode_query(data)  # still say so when the picture itself is unusable
         return Results("image", [], f"Nothing to search yet. {HOW_TO_ADD}")
     hits = engine.search_image(data, k)
-    return Results("image", hits, f"**{len(hits)} images** most similar to your picture")
+    return Results("image", hits, f"**{_count(hits, 'image')}** most similar to your picture")
 
 
-def more_like_this(engine: SearchEngine, image_id: int | float | None, k: int | None = None) -> Results:
+def more_like_this(engine: SearchEngine, image_id: int | float | str | None, k: float | str | None = None) -> Results:
     """Neighbours of an image of the collection (itself excluded)."""
-    if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+    if _no_id(image_id):
         raise ClipSearchError("click a result first, then “More like this”")
-    record = engine.get(int(image_id))
+    record = engine.get(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
     hits = engine.search_similar(record.id, k)
     label = f" “{md_escape(record.caption)}”" if record.caption else ""
-    return Results("similar", hits, f"**{len(hits)} images** like image {record.id}{label}")
+    return Results("similar", hits, f"**{_count(hits, 'image')}** like image {record.id}{label}")
+
+
+def _no_id(image_id: object) -> bool:
+    """Nothing chosen: an empty field (None, blank, NaN), as opposed to an id that names no image."""
+    if isinstance(image_id, float):
+        return math.isnan(image_id)
+    return image_id is None or (isinstance(image_id, str) and not image_id.strip())
 
 
 def describe_hit(hit: dict[str, Any] | None) -> str:
@@ -395,11 +415,11 @@ def add_samples(engine: SearchEngine) -> str:
     return f"Added {report.added} sample photos: the collection now holds {collection_size(engine.count())}."
 
 
-def delete_image(engine: SearchEngine, image_id: int | float | None) -> str:
+def delete_image(engine: SearchEngine, image_id: int | float | str | None) -> str:
     """Admin: remove an image from the collection and the store."""
-    if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+    if _no_id(image_id):
         raise ClipSearchError("give the id of the image to delete (it is shown when you click a result)")
-    record = engine.delete(int(image_id))
+    record = engine.delete(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
     return f"Deleted image {record.id}. The collection now holds {collection_size(engine.count())}."
 
 
@@ -548,6 +568,43 @@ def _root_api_url(request: gr.Request | None) -> str:
         return "?view=api"
 
 
+# Inputs whose value reaches our handlers unconverted: Gradio's own conversions fail with its generic "upstream
+# Gradio app has raised an exception" and a traceback in the log (on a text file named .jpg, on k=0 or 1e9 from an
+# API client, on an id that is text), where the handlers answer in words. The preprocess is replaced on the
+# instance: a subclass of a Gradio component would make Gradio write a .pyi file next to this module.
+
+
+def query_image_input(**kwargs: Any) -> gr.Image:
+    """The Image-Search input: the file's path, unopened; the handler checks it under the upload limits
+    (Gradio's preprocessing would open any Pillow format and convert it in full, whatever its size)."""
+    component = gr.Image(**kwargs)
+
+    def preprocess(payload: Any) -> str | None:
+        path = getattr(payload, "path", None)
+        return None if path is None else str(path)  # no file: the handler asks for one
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def results_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """The "Results" slider; the search clamps its value to 1..search.max_k, or refuses text in words."""
+    component = gr.Slider(*args, **kwargs)
+    component.preprocess = _as_sent  # type: ignore[method-assign]
+    return component
+
+
+def id_field(**kwargs: Any) -> gr.Number:
+    """An image id field; the handler says "no image with id ..." for anything that is not one."""
+    component = gr.Number(**kwargs)
+    component.preprocess = _as_sent  # type: ignore[method-assign]
+    return component
+
+
+def _as_sent(payload: Any) -> Any:
+    return payload
+
+
 @dataclass
 class _ResultsPanel:
     status: gr.Markdown
@@ -585,7 +642,7 @@ def _results_panel(name: str) -> _ResultsPanel:
                     "More like this", variant="primary", size="sm", scale=0, min_width=160, elem_id=f"{name}-more"
                 )
                 close = gr.Button("Close", size="sm", scale=0, min_width=100, elem_id=f"{name}-close")
-        selected = gr.Number(visible=False, precision=0, label="image id")
+        selected = id_field(visible=False, precision=0, label="image id")
         hits = gr.State([])
         json = gr.JSON(visible=False, label="hits")
     return _ResultsPanel(status, gallery, hits, json, details, details_md, selected, more, close)
@@ -618,22 +675,31 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
     # -- wrappers: request -> access checks -> plain handler -> component values
 
     @friendly
-    def on_search(query: str, k: float, request: gr.Request) -> tuple[Any, ...]:
+    def on_search(query: str, k: float | str, request: gr.Request) -> tuple[Any, ...]:
         """Text search: images best matching a description, with SigLIP's match probability."""
         gate.search(request)
-        return show(text_search(engine, query, int(k)))
+        return show(text_search(engine, query, k))
 
     @friendly
-    def on_search_image(image: str | None, k: float, url: str, request: gr.Request) -> tuple[Any, ...]:
+    def on_search_image(image: str | None, k: float | str, url: str, request: gr.Request) -> tuple[Any, ...]:
         """Image search: images most similar to a query image (a file, or an http(s) URL); it is never stored."""
         gate.search(request)
-        return show(image_search(engine, image, url, int(k)))
+        return show(image_search(engine, image, url, k))
 
     @friendly
-    def on_more_like_this(image_id: float | None, k: float, request: gr.Request) -> tuple[Any, ...]:
+    def on_query_image(image: str | None) -> tuple[Any, Any]:
+        """A picture that cannot be searched with is taken out of the box, and the reason shown under it."""
+        try:
+            check_query_image(engine, image)
+        except ClipSearchError as exc:
+            return None, f"**Sorry:** {md_escape(_sentence(str(exc)))}"
+        return gr.skip(), gr.skip()
+
+    @friendly
+    def on_more_like_this(image_id: float | str | None, k: float | str, request: gr.Request) -> tuple[Any, ...]:
         """ "More like this": the images most similar to one of the collection (by id), itself excluded."""
         gate.search(request)
-        return show(more_like_this(engine, image_id, int(k)))
+        return show(more_like_this(engine, image_id, k))
 
     @friendly
     def on_upload(
@@ -669,7 +735,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         return add_samples(engine)
 
     @friendly
-    def on_delete(image_id: float | None, token: str, request: gr.Request) -> str:
+    def on_delete(image_id: float | str | None, token: str, request: gr.Request) -> str:
         """Admin only: delete an image (by id) from the collection and the store."""
         gate.delete(request, token)
         return delete_image(engine, image_id)
@@ -723,7 +789,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
                             app.examples, inputs=[query], label="Try", examples_per_page=len(app.examples)
                         )
                     with gr.Column(scale=1, min_width=220):
-                        k_text = gr.Slider(1, k_max, value=k_default, step=1, label="Results", elem_id="search-k")
+                        k_text = results_slider(1, k_max, value=k_default, step=1, label="Results", elem_id="search-k")
                 text_panel = _results_panel("search")
 
             # -- Image-Search ------------------------------------------------------------------------------------
@@ -731,7 +797,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
                 gr.Markdown("Upload, paste or take a picture: the most similar photos of the collection appear below.")
                 with gr.Row():
                     with gr.Column(scale=2):
-                        query_image = gr.Image(
+                        query_image = query_image_input(
                             type="filepath",
                             sources=["upload", "clipboard", "webcam"],
                             label="Your picture (it is not added to the collection)",
@@ -746,7 +812,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
                             visible=app.allow_image_urls,
                             elem_id="image-url",
                         )
-                        k_image = gr.Slider(1, k_max, value=k_default, step=1, label="Results", elem_id="image-k")
+                        k_image = results_slider(1, k_max, value=k_default, step=1, label="Results", elem_id="image-k")
                         image_button = gr.Button("Find similar images", variant="primary", elem_id="image-button")
                 image_panel = _results_panel("image")
 
@@ -800,7 +866,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
                 upload_json = gr.JSON(visible=False, label="results")
                 if admin_enabled:
                     with gr.Accordion("Admin", open=False, elem_id="cs-admin"):
-                        delete_id = gr.Number(label="Image id", precision=0)
+                        delete_id = id_field(label="Image id", precision=0)
                         admin_token = gr.Textbox(label="Admin token", type="password")
                         delete_button = gr.Button("Delete image", variant="stop")
                         delete_status = gr.Markdown(label="message")
@@ -850,6 +916,13 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
             **search_queue,
         )
         reveal(image_event, image_panel)
+        query_image.upload(
+            on_query_image,
+            inputs=[query_image],
+            outputs=[query_image, image_panel.status],
+            api_visibility="private",
+            queue=False,
+        )
         url_event = image_url.submit(
             on_search_image,
             inputs=[query_image, k_image, image_url],

@@ -140,6 +140,41 @@ def test_image_search_refuses_a_query_image_over_the_size_limit(engine: SearchEn
         ui.image_search(engine, str(big), None, 3)
 
 
+def test_a_text_file_named_jpg_is_refused_as_not_an_image(engine: SearchEngine, tmp_path: Path):
+    """Said as soon as it is chosen (its preview would only look broken) and again if searched with."""
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("milk, eggs, bread")
+    for handler in (ui.check_query_image, lambda e, image: ui.image_search(e, image, None, 3)):
+        with pytest.raises(InvalidImageError, match=r"^not a supported image format \(accepted: JPEG, PNG"):
+            handler(engine, str(notes))
+    ui.check_query_image(engine, None)  # the box was cleared: nothing to say
+
+
+def test_a_query_image_is_checked_from_its_header_when_chosen(engine: SearchEngine, tmp_path: Path):
+    giant = tmp_path / "giant.png"
+    Image.new("1", (8000, 6000)).save(giant)  # 48 MP, one bit per pixel: a small file over upload.max_pixels
+    with pytest.raises(InvalidImageError, match=r"8000x6000 is 48\.0 megapixels"):
+        ui.check_query_image(engine, str(giant))
+
+
+def test_result_counts_are_clamped_or_refused_in_words(engine: SearchEngine):
+    assert len(ui.text_search(engine, "a dog", 0).hits) == 1
+    assert len(ui.text_search(engine, "a dog", -5).hits) == 1
+    assert len(ui.text_search(engine, "a dog", 1e9).hits) == 8  # everything the collection holds
+    assert len(ui.text_search(engine, "a dog", "3").hits) == 3
+    for bad in (float("nan"), "ten", ""):
+        with pytest.raises(ClipSearchError, match="the number of results must be a number from 1 to 100"):
+            ui.text_search(engine, "a dog", bad)
+
+
+@pytest.mark.parametrize("image_id", [1e20, -3, float("inf"), "seven", 2**64])
+def test_ids_that_name_no_image_are_not_found(engine: SearchEngine, image_id: object):
+    with pytest.raises(NotFoundError, match="no image with id"):
+        ui.more_like_this(engine, image_id, 3)
+    with pytest.raises(NotFoundError, match="no image with id"):
+        ui.delete_image(engine, image_id)
+
+
 def test_image_urls_to_private_addresses_are_refused(engine: SearchEngine):
     for url in ("http://127.0.0.1:9/x.jpg", "http://localhost/x.jpg", "http://169.254.169.254/latest/meta-data"):
         with pytest.raises(UrlFetchError, match="private or local"):
