@@ -30,7 +30,7 @@ from clip_search.access import (
     token_required,
 )
 from clip_search.engine import AddResult, SearchEngine, SearchHit
-from clip_search.errors import ClipSearchError, NotFoundError
+from clip_search.errors import CatalogError, ClipSearchError, NotFoundError, StorageError
 from clip_search.images import open_image
 from clip_search.urlfetch import fetch_url
 
@@ -44,6 +44,7 @@ HOW_TO_ADD = (
     "(a dozen sample photos) or `python -m clip_search ingest path/to/photos`."
 )
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
+STORAGE_UNAVAILABLE = "The photo storage is unavailable right now. Please try again shortly."
 ADMIN_ATTEMPTS_PER_MINUTE = 5
 
 
@@ -503,6 +504,9 @@ def friendly(fn: F) -> F:
             raise gr.Error(html.escape(_sentence(str(exc))), title="Not allowed", print_exception=False) from None
         except NotFoundError as exc:
             raise gr.Error(html.escape(_sentence(str(exc))), title="Not found", print_exception=False) from None
+        except (StorageError, CatalogError) as exc:  # names endpoints, buckets, keys, paths: for the log only
+            log.warning("storage error in %s: %s", getattr(fn, "__name__", fn), exc)
+            raise gr.Error(STORAGE_UNAVAILABLE, title="Sorry", print_exception=False) from None
         except ClipSearchError as exc:
             raise gr.Error(html.escape(_sentence(str(exc))), title="Sorry", print_exception=False) from None
         except Exception:
@@ -661,12 +665,12 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
     upload_queue = {"concurrency_id": "upload", "concurrency_limit": app.upload_concurrency}
     cache = (app.cache_max_age_s, app.cache_max_age_s) if app.cache_max_age_s else None
 
-    def show(results: Results) -> tuple[Any, ...]:
+    def show(results: Results, request: gr.Request | None = None) -> tuple[Any, ...]:
         # the marker lets the stylesheet grey out the gallery of a query that matched nothing well
         marker = "" if results.confident else '\n\n<span class="cs-weak-marker"></span>'
         return (
             results.message + marker,
-            results.gallery(),
+            public_gallery(engine, results.gallery(), request),
             [hit_to_dict(h) for h in results.hits],
             results.as_dicts(),
             gr.update(visible=False),
@@ -678,13 +682,13 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
     def on_search(query: str, k: float | str, request: gr.Request) -> tuple[Any, ...]:
         """Text search: images best matching a description, with SigLIP's match probability."""
         gate.search(request)
-        return show(text_search(engine, query, k))
+        return show(text_search(engine, query, k), request)
 
     @friendly
     def on_search_image(image: str | None, k: float | str, url: str, request: gr.Request) -> tuple[Any, ...]:
         """Image search: images most similar to a query image (a file, or an http(s) URL); it is never stored."""
         gate.search(request)
-        return show(image_search(engine, image, url, k))
+        return show(image_search(engine, image, url, k), request)
 
     @friendly
     def on_query_image(image: str | None) -> tuple[Any, Any]:
@@ -699,7 +703,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
     def on_more_like_this(image_id: float | str | None, k: float | str, request: gr.Request) -> tuple[Any, ...]:
         """ "More like this": the images most similar to one of the collection (by id), itself excluded."""
         gate.search(request)
-        return show(more_like_this(engine, image_id, k))
+        return show(more_like_this(engine, image_id, k), request)
 
     @friendly
     def on_upload(
@@ -725,7 +729,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
             )
         finally:
             discard_uploaded_copies(files)  # what was kept is in the store; nothing of a refused file stays
-        return outcome.message, outcome.added, outcome.as_dicts()
+        return outcome.message, public_gallery(engine, outcome.added, request), outcome.as_dicts()
 
     @friendly
     def on_add_samples(request: gr.Request) -> str:
@@ -994,13 +998,63 @@ def queue_options(engine: SearchEngine) -> dict[str, Any]:
     return {"max_size": app.queue_max_size, "default_concurrency_limit": app.search_concurrency}
 
 
+IMAGE_ROUTE = "/images"  # local storage: images/ab/x.jpg is served at <app>/images/ab/x.jpg
+
+
+def image_routes(engine: SearchEngine) -> list[Any]:
+    """Local storage: the image folder served under ``/images``, so results link to the app, never to a server
+    path (Gradio's own ``/file=`` links spell out the folder's absolute path)."""
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    from clip_search.store import LocalImageStore
+
+    if not isinstance(engine.store, LocalImageStore):
+        return []
+    return [Mount(IMAGE_ROUTE, app=StaticFiles(directory=engine.store.root, check_dir=False), name="images")]
+
+
+def public_gallery(
+    engine: SearchEngine, items: Sequence[tuple[str, str]], request: gr.Request | None
+) -> list[tuple[str, str]]:
+    """Gallery items whose local files are given as ``<app>/images/...`` links (absolute, so API clients and a
+    ``<gradio-app>`` embedded elsewhere can fetch them); presigned S3 URLs go through untouched."""
+    from clip_search.store import LocalImageStore
+
+    store = engine.store
+    base = _root_url(request) if isinstance(store, LocalImageStore) else None
+    if base is None:
+        return list(items)
+    public = []
+    for url, caption in items:
+        path = Path(url)
+        if path.is_absolute() and path.is_relative_to(store.root):
+            url = f"{base}{IMAGE_ROUTE}/{path.relative_to(store.root).as_posix()}"
+        public.append((url, caption))
+    return public
+
+
+def _root_url(request: gr.Request | None) -> str | None:
+    """The app's public address as the visitor reached it (behind a proxy too), or None outside a request."""
+    try:
+        from gradio import route_utils
+
+        inner = request.request  # type: ignore[union-attr]
+        path = inner.url.path
+        cut = path.find("/gradio_api/")
+        return route_utils.get_root_url(inner, route_path=path[cut:] if cut >= 0 else path, root_path=None)
+    except Exception:
+        return None
+
+
 def launch_options(engine: SearchEngine) -> dict[str, Any]:
-    """What ``app.py`` passes to ``launch()`` besides the address: files, limits, look."""
+    """What ``app.py`` passes to ``launch()`` besides the address: files, limits, look, the ``/images`` route."""
     from clip_search.store import LocalImageStore
 
     store = engine.store
     allowed = [str(store.root)] if isinstance(store, LocalImageStore) else []
     return {
+        "app_kwargs": {"routes": image_routes(engine)},
         "allowed_paths": allowed,
         "max_file_size": engine.settings.upload.max_bytes,
         "theme": theme(),

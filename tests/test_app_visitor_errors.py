@@ -87,6 +87,19 @@ def test_nan_is_answered_in_words(app: RunningApp):
     assert "Give the id of the image to delete" in answers[2]
 
 
+def test_api_results_hold_no_server_path(client: Client, app: RunningApp):
+    _message, gallery, hits = client.predict("a dog", 4, api_name="/search")
+    _message, similar, _hits = client.predict(hits[0]["id"], 2, api_name="/more_like_this")
+    answer = json.dumps([gallery, hits, similar, client.predict(api_name="/stats")])
+    assert str(app.data_dir.parent) not in answer and "/tmp/" not in answer
+    url = gallery[0]["image"]["url"]
+    assert url.startswith(f"{app.url}/images/")  # the app's own link, served from the image folder
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/")
+    for escape in ("/images/../catalog.lance", "/images/%2e%2e/config.yaml", "/images/../../config.yaml"):
+        assert requests.get(app.url + escape, timeout=10).status_code == 404, escape
+
+
 def test_the_log_has_no_traceback(client: Client, app: RunningApp, tmp_path: Path):
     """Last in this module: every refusal above was routine, so the operator's log holds no traceback."""
     test_a_text_file_named_jpg_is_named_as_such(client, tmp_path)

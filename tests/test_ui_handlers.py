@@ -347,6 +347,32 @@ def test_errors_become_plain_messages_never_tracebacks(caplog):
     assert "segfault" in caplog.text  # logged for the operator
 
 
+def test_storage_failures_reach_the_visitor_as_plain_words(private_s3_server, tmp_path, tiny_model_dir, photos, caplog):
+    """SeaweedFS stopped: the visitor reads "storage unavailable"; endpoint, bucket and key stay in the log."""
+    from tests.s3server import make_s3_settings, s3_environment
+
+    server = private_s3_server
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_environment(server, None).items():
+            if key.startswith("AWS_"):
+                mp.setenv(key, value)
+        bucket = server.new_bucket()
+        engine = SearchEngine(make_s3_settings(tmp_path / "data", tiny_model_dir, server, bucket))
+        try:
+            upload = ui.friendly(ui.upload_files)
+            assert upload(engine, [photos[0]]).results[0].status == "added"
+            server.stop()
+            with pytest.raises(gr.Error) as info:
+                upload(engine, [photos[1]])
+        finally:
+            engine.close()
+    shown = f"{info.value.title} {info.value.message}"
+    assert info.value.message == ui.STORAGE_UNAVAILABLE
+    for detail in (server.endpoint, bucket, "127.0.0.1", "images/", "read_timeout_s"):
+        assert detail not in shown
+    assert server.endpoint in caplog.text  # the operator still learns what failed
+
+
 # -- the app itself -----------------------------------------------------------------------------------------------
 
 
