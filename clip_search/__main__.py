@@ -66,6 +66,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             hits = engine.search_image(engine.decode(data).image, args.k)
         else:
             hits = engine.search_text(args.query, args.k)
+        rows = [dict(hit.to_dict(), url=_portable_url(engine, hit.url)) for hit in hits]
         if not hits and engine.count() == 0:
             print(
                 "the collection is empty: add photos with `python -m clip_search ingest FOLDER` "
@@ -73,13 +74,21 @@ def cmd_search(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if args.json:
-        print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2))
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     for rank, hit in enumerate(hits, 1):
         prob = "   -  " if hit.probability is None else f"{hit.probability:6.1%}"
         caption = f"  {hit.caption}" if hit.caption else ""
         print(f"{rank:3d}. id={hit.id:<6d} score={hit.score:.4f} p={prob}  {hit.source or hit.key}{caption}")
     return 0
+
+
+def _portable_url(engine, url: str) -> str:  # noqa: ANN001 - SearchEngine, imported lazily
+    """Local storage: the image's path relative to the data dir (``images/ab/x.jpg``), which means the same on
+    every machine the collection is copied to and says nothing of this one's layout; S3: the presigned URL."""
+    path = Path(url)
+    data_dir = engine.settings.data_dir.resolve()
+    return path.relative_to(data_dir).as_posix() if path.is_absolute() and path.is_relative_to(data_dir) else url
 
 
 def cmd_info(args: argparse.Namespace) -> int:
