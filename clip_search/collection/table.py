@@ -23,6 +23,7 @@ from lancedb.index import BTree
 
 from clip_search.collection.records import ImageRecord, NewImage, is_sha256
 from clip_search.collection.sync import ids_and_vectors
+from clip_search.encoder import model_label
 from clip_search.errors import CatalogError, ModelMismatchError, StorageError
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ class CollectionTable:
         recorded = self.model
         if recorded is not None and recorded != model:
             raise ModelMismatchError(
-                f"this collection was indexed with model '{self.model_id or recorded}', but '{model_id}' is "
+                f"this collection was indexed with {repr(self.model_id) if self.model_id else model_label(recorded)}, "
+                f"but '{model_id}' is "
                 "configured: set model.id (or CLIP_SEARCH_MODEL) back to that model, or use another data_dir / "
                 "bucket prefix for a new collection"
             )
