@@ -163,6 +163,16 @@ def empty_notice(engine: SearchEngine) -> str:
     return f"### The collection is empty\n{HOW_TO_ADD}"
 
 
+def _best_below(best: float, threshold: float) -> str:
+    """``the best is a 31% match`` and, when the threshold is high enough for rounding to blur the two, both
+    figures precise enough to differ (never "no good match ... the best is a >99% match")."""
+    if threshold <= 0.5 or percent(best) not in (percent(threshold), ">99%"):
+        return f"the best is a {percent(best)} match"
+    places = next(n for n in range(1, 8) if abs(round(threshold * 100, n) - threshold * 100) < 1e-9 or n == 7)
+    shown = math.floor(best * 100 * 10**places) / 10**places  # at the threshold's precision, below it
+    return f"the best is a {shown:.{places}f}% match, below the {threshold * 100:.{places}f}% asked for here"
+
+
 def text_search(engine: SearchEngine, query: str, k: float | str | None = None) -> Results:
     """The Search tab. Raises EmptyQueryError (a ClipSearchError) for an empty query."""
     hits = engine.search_text(query, k)
@@ -175,8 +185,8 @@ def text_search(engine: SearchEngine, query: str, k: float | str | None = None) 
         return Results("text", hits, message, confident=True)
     message = (
         f"**No good match for “{shown}”.** None of the {collection_size(engine.count())} matches it well "
-        f"(the best is a {percent(best)} match). The closest ones are below, but they are probably not what you "
-        "are looking for: try other words, or add photos of it in the Upload tab."
+        f"({_best_below(best, engine.settings.search.min_probability)}). The closest ones are below, but they are "
+        "probably not what you are looking for: try other words, or add photos of it in the Upload tab."
     )
     return Results("text", hits, message, confident=False)
 

@@ -103,6 +103,16 @@ def test_weak_matches_are_called_out_but_still_shown(engine: SearchEngine):
     assert len(results.hits) == 4 and len(results.gallery()) == 4
 
 
+def test_no_good_match_never_says_the_best_is_a_near_certain_match():
+    """With the threshold forced near 1, ">99%" is both a weak match and a near-certain one: say the figures."""
+    assert ui._best_below(0.31, 0.5) == "the best is a 31% match"
+    assert ui._best_below(0.995, 0.999) == "the best is a 99.5% match, below the 99.9% asked for here"
+    assert ui._best_below(0.9991, 0.9995) == "the best is a 99.91% match, below the 99.95% asked for here"
+    assert ui._best_below(0.9999, 1.0) == "the best is a 99.9% match, below the 100.0% asked for here"
+    assert ui._best_below(0.62, 0.65) == "the best is a 62% match"
+    assert ui._best_below(0.99899, 0.999) == "the best is a 99.8% match, below the 99.9% asked for here"
+
+
 def test_empty_query_is_refused_in_plain_words(engine: SearchEngine):
     with pytest.raises(EmptyQueryError, match="empty"):
         ui.text_search(engine, "   ", 5)
