@@ -343,6 +343,29 @@ def discard_uploaded_copies(files: Sequence[str | Path]) -> None:
             log.warning("could not remove the uploaded copy %s: %s", path, exc)
 
 
+def no_files_message(engine: SearchEngine) -> str:
+    """Also what a visitor reads after choosing only files over the limit: the browser drops those before they
+    are sent, so the server never sees them; say why the box may be empty."""
+    limit = engine.settings.upload.max_bytes
+    return (
+        f"choose one or more photos to upload first (a file over {_mib(limit)} is refused by your browser, "
+        f"which writes that limit as “{_gradio_size(limit)}”)"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
+
+
+def _gradio_size(size: int) -> str:
+    """The limit as Gradio's page writes it in its own warning (1024-based, with the unit spelled "Mb")."""
+    value, units = float(size), ["b", "Kb", "Mb", "Gb", "Tb"]
+    step = 0
+    while value >= 1024 and step < len(units) - 1:
+        value, step = value / 1024, step + 1
+    return f"{value:.1f} {units[step]}"
+
+
 def upload_files(
     engine: SearchEngine,
     files: Sequence[str | Path] | None,
@@ -360,7 +383,7 @@ def upload_files(
     """
     paths = [Path(f) for f in files or []]
     if not paths:
-        raise ClipSearchError("choose one or more photos to upload first")
+        raise ClipSearchError(no_files_message(engine))
     limits = engine.settings.upload
     allowed = len(paths) if allowed is None else allowed
     results: list[AddResult] = []
@@ -726,7 +749,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         """Add photos (JPEG, PNG, WebP, HEIC) to the collection, with an optional caption; a result per file."""
         files = list(files or [])
         if not files:
-            raise ClipSearchError("choose one or more photos to upload first")
+            raise ClipSearchError(no_files_message(engine))
         try:
             allowed, wait = gate.upload(request, min(len(files), settings.upload.max_files), token)
             outcome = upload_files(
@@ -835,8 +858,9 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
                 names = {"HEIF": "HEIC", "WEBP": "WebP"}
                 formats = ", ".join(names.get(f, f) for f in settings.upload.formats)
                 gr.Markdown(
-                    f"Add your photos to the collection: {formats}; up to "
-                    f"{settings.upload.max_bytes / 2**20:.0f} MiB each and {settings.upload.max_files} at a time. "
+                    f"Add your photos to the collection: {formats}; up to {_mib(settings.upload.max_bytes)} each "
+                    f"(“{_gradio_size(settings.upload.max_bytes)}” in the browser's warning) and "
+                    f"{settings.upload.max_files} at a time. "
                     + (
                         "Photos are stored re-encoded, without their metadata (location, camera, dates). "
                         if not settings.upload.keep_metadata

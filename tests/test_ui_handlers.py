@@ -254,8 +254,11 @@ def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine
 
 
 def test_upload_limits(engine: SearchEngine, photos: list[Path]):
-    with pytest.raises(ClipSearchError, match="choose one or more"):
+    with pytest.raises(ClipSearchError, match="choose one or more") as info:
         ui.upload_files(engine, [], None)
+    # the browser silently keeps back a file over the limit: the message says so, in the browser's units too
+    assert "a file over 20 MiB is refused by your browser, which writes that limit as “20.0 Mb”" in str(info.value)
+    assert ui._gradio_size(10 * 2**20) == "10.0 Mb" and ui._gradio_size(1536) == "1.5 Kb"
     engine.settings.upload.max_files = 2
     outcome = ui.upload_files(engine, [str(p) for p in photos[10:13]], None, allowed=1, wait_s=42)
     assert [r.status for r in outcome.results] == ["added", "rejected", "rejected"]
