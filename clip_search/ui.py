@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import gradio as gr
 
@@ -457,9 +457,24 @@ def delete_image(engine: SearchEngine, image_id: int | float | str | None) -> st
     return f"Deleted image {record.id}. The collection now holds {collection_size(engine.count())}."
 
 
-def public_stats(engine: SearchEngine) -> dict[str, Any]:
+class PublicStats(TypedDict):
+    """What ``/stats`` answers (typed, so the API page lists the fields)."""
+
+    images: int
+    model: str
+
+
+def public_stats(engine: SearchEngine) -> PublicStats:
     """Facts safe to show anyone (no paths, no bucket names)."""
     return {"images": engine.count(), "model": _model_name(engine.settings.model.id)}
+
+
+def label_api_output(demo: gr.Blocks, api_name: str, label: str) -> None:
+    """Name a ``gr.api`` endpoint's answer on the API page, which otherwise calls it "1st"."""
+    for fn in demo.fns.values():
+        if fn.api_name == api_name:
+            for output in fn.outputs:
+                output.label = label
 
 
 # -- access --------------------------------------------------------------------------------------------------------
@@ -1017,11 +1032,12 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
             ).then(**refresh)
 
         @friendly
-        def stats() -> dict[str, Any]:
-            """Collection size and model name."""
+        def stats() -> PublicStats:
+            """Collection size and model name: {"images": int, "model": str}."""
             return public_stats(engine)
 
         gr.api(stats, api_name="stats", concurrency_limit=None)
+        label_api_output(demo, "stats", "stats")
     return demo
 
 

@@ -288,6 +288,12 @@ def test_public_stats_hide_paths(engine: SearchEngine):
     assert ui.public_stats(engine) == {"images": 8, "model": "tiny-siglip"}
 
 
+def test_the_api_page_names_what_stats_answers(engine: SearchEngine):
+    endpoint = ui.build_app(engine).get_api_info()["named_endpoints"]["/stats"]
+    assert [r["label"] for r in endpoint["returns"]] == ["stats"]  # not "1st"
+    assert '"images": int, "model": str' in endpoint["description"]
+
+
 # -- access -------------------------------------------------------------------------------------------------------
 
 
