@@ -653,6 +653,21 @@ def id_field(**kwargs: Any) -> gr.Number:
     return component
 
 
+def upload_files_input(**kwargs: Any) -> gr.File:
+    """The Upload tab's file box: the uploaded paths as they are (Gradio's own preprocessing also creates an
+    empty temporary file per uploaded file and never removes it)."""
+    component = gr.File(**kwargs)
+
+    def preprocess(payload: Any) -> list[str] | None:
+        if payload is None:
+            return None
+        files = getattr(payload, "root", None)
+        return [str(f.path) for f in (files if isinstance(files, list) else [payload])]
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
 def _as_sent(payload: Any) -> Any:
     return payload
 
@@ -883,7 +898,7 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
                     )
                     + "They can be found by every visitor from the very next search."
                 )
-                files = gr.File(
+                files = upload_files_input(
                     file_count="multiple",
                     label="Photos",
                     height=180,

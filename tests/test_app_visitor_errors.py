@@ -100,6 +100,18 @@ def test_api_results_hold_no_server_path(client: Client, app: RunningApp):
         assert requests.get(app.url + escape, timeout=10).status_code == 404, escape
 
 
+def test_an_upload_leaves_nothing_in_the_upload_folder(client: Client, app: RunningApp):
+    def files() -> set[Path]:
+        return {p for p in app.upload_dir.rglob("*") if p.is_file()}
+
+    photo = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[20]
+    before = files()  # query images of the searches above stay in Gradio's cache until its clean-up
+    _message, _added, results = client.predict([handle_file(str(photo))], "", "", api_name="/upload")
+    assert results[0]["status"] == "added"
+    left = files() - before
+    assert not left, left  # neither the photo's copy nor an empty temporary file per photo
+
+
 def test_the_log_has_no_traceback(client: Client, app: RunningApp, tmp_path: Path):
     """Last in this module: every refusal above was routine, so the operator's log holds no traceback."""
     test_a_text_file_named_jpg_is_named_as_such(client, tmp_path)
