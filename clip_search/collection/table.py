@@ -154,8 +154,8 @@ class CollectionTable:
         recorded = self.model
         if recorded is not None and recorded != model:
             raise ModelMismatchError(
-                f"this collection was indexed with {repr(self.model_id) if self.model_id else model_label(recorded)}, "
-                f"but '{model_id}' is "
+                f"this collection was indexed with "
+                f"{f'model {self.model_id!r}' if self.model_id else model_label(recorded)}, but '{model_id}' is "
                 "configured: set model.id (or CLIP_SEARCH_MODEL) back to that model, or use another data_dir / "
                 "bucket prefix for a new collection"
             )
