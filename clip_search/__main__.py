@@ -63,8 +63,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "or `python -m clip_search ingest --samples`",
                 file=sys.stderr,
             )
-    print_hits(page, as_json=args.json)
+    print_hits(page, as_json=args.json, url=lambda url: _portable_url(engine, url))
     return 0
+
+
+def _portable_url(engine, url: str) -> str:  # noqa: ANN001 - SearchEngine, imported lazily
+    """Local storage: the image's path relative to the data dir (``images/ab/x.jpg``), which means the same on
+    every machine the collection is copied to and says nothing of this one's layout; S3: the presigned URL."""
+    path = Path(url)
+    data_dir = engine.settings.data_dir.resolve()
+    return path.relative_to(data_dir).as_posix() if path.is_absolute() and path.is_relative_to(data_dir) else url
 
 
 def cmd_info(args: argparse.Namespace) -> int:

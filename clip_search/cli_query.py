@@ -67,7 +67,9 @@ def build_query(engine: SearchEngine, args: argparse.Namespace) -> Query:
         query = query.plus(term, weight=weight)
     for path in args.image:
         name, weight = split_weight(path)
-        query = query.plus(image=_read(name), weight=weight)
+        # A file of this machine, chosen by its owner: the ingest limits, as `ingest` would apply to it (the app
+        # holds visitors' query images to the stricter upload limits).
+        query = query.plus(image=engine.decode(_read(name)).image, weight=weight)
     for similar in args.similar:
         image_id, weight = split_weight(similar)
         query = query.plus(id=image_id, weight=weight)
@@ -90,9 +92,11 @@ def build_query(engine: SearchEngine, args: argparse.Namespace) -> Query:
     return query.page(args.page)
 
 
-def print_hits(page: SearchPage, *, as_json: bool) -> None:
+def print_hits(page: SearchPage, *, as_json: bool, url: Callable[[str], str] = str) -> None:
+    """A table for people, or JSON (``url`` rewrites each hit's URL, e.g. relative to the data dir)."""
     if as_json:
-        print(json.dumps([hit.to_dict() for hit in page.hits], ensure_ascii=False, indent=2))
+        rows = [dict(hit.to_dict(), url=url(hit.url)) for hit in page.hits]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     for rank, hit in enumerate(page.hits, page.start + 1):
         prob = "   -  " if hit.probability is None else f"{hit.probability:6.1%}"

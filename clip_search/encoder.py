@@ -83,6 +83,13 @@ def model_signature(model_id: str, revision: str | None = None) -> str:
     return f"{model_id}@{revision}" if revision else model_id
 
 
+def model_label(signature: str) -> str:
+    """What a person can set ``model.id`` to, from a recorded signature: a hub id as it is, a local checkpoint
+    as "a local folder named X" (the fingerprint after ``#`` means nothing to anyone)."""
+    name, sep, _fingerprint = signature.partition("#")
+    return f"a local model folder named '{name}'" if sep else f"'{signature}'"
+
+
 def _pick_device(requested: str) -> str:
     import torch
 

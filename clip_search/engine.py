@@ -9,6 +9,7 @@ bytes, then commit the row: the commit point).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -156,10 +157,23 @@ class SearchEngine:
 
     # -- search ---------------------------------------------------------------------------------------------------
 
-    def _k(self, k: int | None) -> int:
+    def result_count(self, k: object) -> int:
+        """How many results a caller's ``k`` asks for (see :meth:`_k`): what the app passes on to a query."""
+        return self._k(k)
+
+    def _k(self, k: object) -> int:
+        """How many results: clamped to 1..``search.max_k`` (an API client may send 0 or 1e9); not a number is
+        refused in words."""
         if k is None:
             return self.settings.search.default_k
-        return max(1, min(int(k), self.settings.search.max_k))
+        top = self.settings.search.max_k
+        try:
+            value = float(k)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isnan(value):
+            raise ClipSearchError(f"the number of results must be a number from 1 to {top}, not “{str(k)[:20]}”")
+        return int(max(1, min(value, top)))
 
     def embed_text(self, query: str) -> np.ndarray:
         """The query's vector, from a small LRU cache (demo visitors repeat the example queries)."""
@@ -179,12 +193,13 @@ class SearchEngine:
         return vector
 
     def embed_image(self, image: bytes | str | Path | Image.Image) -> np.ndarray:
-        """The vector of a query image (bytes, a path or a PIL image); the image is never stored."""
-        if isinstance(image, Image.Image):
-            pil = image
-        else:
-            data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
-            pil = self.decode(data).image
+        """The vector of a query image; the image is never stored.
+
+        Bytes and paths are held to the ``upload`` limits (size, formats, megapixels from the header), as any
+        visitor's file is: a small PNG of 88 megapixels would otherwise cost gigabytes to decode. A PIL image is
+        taken as it is (the caller decoded it, under whatever limits it chose).
+        """
+        pil = image if isinstance(image, Image.Image) else self.decode_query(self._query_bytes(image)).image
         return self.encoder.encode_pixels(self.encoder.preprocess(pil)[None])[0]
 
     def embed_part(self, part: Part) -> np.ndarray:
@@ -236,6 +251,31 @@ class SearchEngine:
     def search(self, query: Query) -> SearchPage:
         """Run a query (see :mod:`clip_search.search` for the arithmetic, the filters, the orders and pages)."""
         return self._runner.search(query)
+
+    def decode_query(self, data: bytes) -> DecodedImage:
+        """A query image decoded under the ``upload`` limits, or InvalidImageError saying which one it breaks."""
+        limits = self.settings.upload
+        if len(data) > limits.max_bytes:
+            raise InvalidImageError(_too_large(len(data), limits.max_bytes))
+        return decode_image(
+            data,
+            max_pixels=limits.max_pixels,
+            formats=tuple(limits.formats),
+            draft_side=model_draft_side(self.encoder.input_size),
+        )
+
+    def _query_bytes(self, image: bytes | str | Path) -> bytes:
+        """The bytes of a query image, a file's size checked before it is read."""
+        if not isinstance(image, (str, Path)):
+            return image
+        limit = self.settings.upload.max_bytes
+        try:
+            size = Path(image).stat().st_size
+            if size > limit:
+                raise InvalidImageError(_too_large(size, limit))
+            return Path(image).read_bytes()
+        except OSError as exc:
+            raise InvalidImageError(f"cannot read the image: {exc.strerror or exc}") from None
 
     def search_text(self, query: str, k: int | None = None) -> list[SearchHit]:
         """Images best matching a text, with SigLIP's match probability."""
@@ -441,12 +481,7 @@ class SearchEngine:
         limits = self.settings.upload
         name = Path(filename).name if filename else "upload"
         if len(data) > limits.max_bytes:
-            return AddResult(
-                "rejected",
-                f"{name}: file too large ({len(data) / 2**20:.1f} MiB; "
-                f"the limit is {limits.max_bytes / 2**20:.0f} MiB)",
-                source=name,
-            )
+            return AddResult("rejected", f"{name}: {_too_large(len(data), limits.max_bytes)}", source=name)
         text = " ".join((caption or "").split())[: limits.max_caption_chars] or None
         try:
             prepared = self.prepare(
@@ -562,6 +597,10 @@ def _duplicate(item: PreparedImage, existing_id: int | None, existing_key: str |
         duplicate_of=existing_id,
         source=item.source,
     )
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"file too large ({size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB)"
 
 
 def _as_id(image_id: object) -> int:

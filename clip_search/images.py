@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clip_search.errors import InvalidImageError
+
+log = logging.getLogger(__name__)
 
 # PIL format name -> (file extension, Content-Type) for formats every browser displays.
 WEB_FORMATS: dict[str, tuple[str, str]] = {
@@ -93,32 +96,9 @@ def decode_image(
     ``max_pixels`` is checked from the header, before any pixel is decoded, so a decompression bomb costs nothing;
     ``draft_side`` lets JPEG decode at a reduced scale that is still at least that many pixels on each side.
     """
-    if not data:
-        raise InvalidImageError("empty file (0 bytes)")
-    _register_heif()
-    try:
-        with warnings.catch_warnings():
-            # Our own, lower limit is checked below from the header, with the image's size in the message.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(formats) if formats else None)
-    except UnidentifiedImageError:
-        allowed = f" (accepted: {', '.join(formats)})" if formats else ""
-        raise InvalidImageError(f"not a supported image format{allowed}") from None
-    except Image.DecompressionBombError as exc:  # beyond twice Pillow's limit: refused at open
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
-        raise InvalidImageError(f"image too large: {size} (limit {max_pixels / 1e6:.1f})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"unreadable image: {exc}") from None
-
+    img = open_image(data, max_pixels=max_pixels, formats=formats)
     source_format = img.format or "unknown"
     width, height = img.size
-    if width <= 0 or height <= 0:
-        raise InvalidImageError(f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise InvalidImageError(
-            f"image too large: {width}x{height} is {width * height / 1e6:.1f} megapixels (limit {max_pixels / 1e6:.1f})"
-        )
     frames = getattr(img, "n_frames", 1)
     try:
         if draft_side and source_format in ("JPEG", "MPO"):
@@ -137,6 +117,64 @@ def decode_image(
     if oriented.size != img.size:  # rotated by 90/270 degrees: the original's sides swap too
         width, height = height, width
     return DecodedImage(image=rgb, format=source_format, width=width, height=height, frames=frames)
+
+
+def open_image(data: bytes, *, max_pixels: int, formats: list[str] | tuple[str, ...] | None = None) -> Image.Image:
+    """Read only the header: the format (from the bytes) and the size, checked against ``formats`` and
+    ``max_pixels``; no pixel is decoded. Raises :class:`InvalidImageError` saying why an image is refused."""
+    if not data:
+        raise InvalidImageError("empty file (0 bytes)")
+    _register_heif()
+    try:
+        with warnings.catch_warnings():
+            # Our own, lower limit is checked below from the header, with the image's size in the message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(formats) if formats else None)
+    except UnidentifiedImageError:
+        looks_like = sniff_format(data)
+        if looks_like and (not formats or looks_like in formats):
+            raise InvalidImageError(f"damaged {looks_like} file: it starts like one but cannot be read") from None
+        allowed = f" (accepted: {', '.join(formats)})" if formats else ""
+        raise InvalidImageError(f"not a supported image format{allowed}") from None
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's limit: refused at open
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+        raise InvalidImageError(f"image too large: {size} (limit {max_pixels / 1e6:.1f})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        log.info("unreadable image: %s", exc)  # Pillow's wording is for developers: the log keeps it
+        if "too large" in str(exc).lower():  # a huge text (zTXt/iTXt) or ICC chunk
+            raise InvalidImageError("unreadable image: its metadata is too large") from None
+        raise InvalidImageError(f"damaged {sniff_format(data) or 'image'} file: it cannot be read") from None
+
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"image too large: {width}x{height} is {width * height / 1e6:.1f} megapixels (limit {max_pixels / 1e6:.1f})"
+        )
+    return img
+
+
+_MAGIC = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (8, b"WEBP", "WEBP"),
+    (0, b"GIF8", "GIF"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (4, b"ftypheic", "HEIF"),
+    (4, b"ftypheix", "HEIF"),
+    (4, b"ftypmif1", "HEIF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the first bytes announce, so a damaged photo is called damaged, not "not an image"."""
+    for offset, magic, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    return None
 
 
 def model_draft_side(input_size: int) -> int:

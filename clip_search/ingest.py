@@ -43,12 +43,15 @@ class IngestReport:
         return self.added + self.already_indexed + self.duplicates + len(self.failed)
 
     def summary(self) -> str:
-        rate = self.added / self.seconds if self.seconds > 0 else 0.0
-        lines = [
+        counts = (
             f"added {self.added}, already indexed {self.already_indexed}, duplicates {self.duplicates}, "
-            f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.1f} images/s)"
-            + (" - interrupted: run the same command again to finish" if self.interrupted else "")
-        ]
+            f"failed {len(self.failed)} in {_duration(self.seconds)}"
+        )
+        if self.added:
+            counts += f" ({self.added / self.seconds:.1f} images/s)" if self.seconds > 0 else ""
+        elif self.seen and not self.failed:
+            counts = f"nothing new: {counts}"  # a re-run over an indexed folder: no rate of 0 images/s
+        lines = [counts + (" - interrupted: run the same command again to finish" if self.interrupted else "")]
         if self.failed:
             lines.append("skipped files:")
             lines.extend(f"  {path}: {reason}" for path, reason in self.failed)
@@ -63,6 +66,11 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
         }
+
+
+def _duration(seconds: float) -> str:
+    """``12.3 s``, or milliseconds below a tenth of a second (a no-op re-run is not "0.0 s")."""
+    return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds * 1000:.0f} ms"
 
 
 def find_images(root: Path, *, recursive: bool, extensions: Sequence[str]) -> list[Path]:

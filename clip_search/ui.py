@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import gradio as gr
 
@@ -31,7 +31,15 @@ from clip_search.access import (
     token_required,
 )
 from clip_search.engine import AddResult, SearchEngine, SearchHit
-from clip_search.errors import ClipSearchError, EmptyQueryError, InvalidQueryError, NotFoundError
+from clip_search.errors import (
+    CatalogError,
+    ClipSearchError,
+    EmptyQueryError,
+    InvalidQueryError,
+    NotFoundError,
+    StorageError,
+)
+from clip_search.images import open_image
 from clip_search.search import Query, SearchPage
 from clip_search.urlfetch import fetch_url
 
@@ -46,6 +54,7 @@ HOW_TO_ADD = (
 )
 WEAK_MARKER = '\n\n<span class="cs-weak-marker"></span>'  # the stylesheet greys out a gallery of weak matches
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
+STORAGE_UNAVAILABLE = "The photo storage is unavailable right now. Please try again shortly."
 ADMIN_ATTEMPTS_PER_MINUTE = 5
 
 
@@ -111,6 +120,10 @@ def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:] if message else message
 
 
+def _count(items: Sequence[object], noun: str) -> str:
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
+
+
 def collection_size(n: int) -> str:
     return f"{n:,} image" + ("" if n == 1 else "s")
 
@@ -160,7 +173,17 @@ def empty_notice(engine: SearchEngine) -> str:
     return f"### The collection is empty\n{HOW_TO_ADD}"
 
 
-def text_search(engine: SearchEngine, query: str, k: int | None = None) -> Results:
+def _best_below(best: float, threshold: float) -> str:
+    """``the best is a 31% match`` and, when the threshold is high enough for rounding to blur the two, both
+    figures precise enough to differ (never "no good match ... the best is a >99% match")."""
+    if threshold <= 0.5 or percent(best) not in (percent(threshold), ">99%"):
+        return f"the best is a {percent(best)} match"
+    places = next(n for n in range(1, 8) if abs(round(threshold * 100, n) - threshold * 100) < 1e-9 or n == 7)
+    shown = math.floor(best * 100 * 10**places) / 10**places  # at the threshold's precision, below it
+    return f"the best is a {shown:.{places}f}% match, below the {threshold * 100:.{places}f}% asked for here"
+
+
+def text_search(engine: SearchEngine, query: str, k: float | str | None = None) -> Results:
     """The Search tab. Raises EmptyQueryError (a ClipSearchError) for an empty query."""
     hits = engine.search_text(query, k)
     shown = md_escape(query)
@@ -168,12 +191,12 @@ def text_search(engine: SearchEngine, query: str, k: int | None = None) -> Resul
         return Results("text", [], f"Nothing to search yet. {HOW_TO_ADD}" if engine.count() == 0 else "No results.")
     best = max(h.probability or 0.0 for h in hits)
     if engine.is_confident(hits):
-        message = f"**{len(hits)} results** for “{shown}” · best match {percent(best)}"
+        message = f"**{_count(hits, 'result')}** for “{shown}” · best match {percent(best)}"
         return Results("text", hits, message, confident=True)
     message = (
         f"**No good match for “{shown}”.** None of the {collection_size(engine.count())} matches it well "
-        f"(the best is a {percent(best)} match). The closest ones are below, but they are probably not what you "
-        "are looking for: try other words, or add photos of it in the Upload tab."
+        f"({_best_below(best, engine.settings.search.min_probability)}). The closest ones are below, but they are "
+        "probably not what you are looking for: try other words, or add photos of it in the Upload tab."
     )
     return Results("text", hits, message, confident=False)
 
@@ -209,26 +232,41 @@ def load_query_image(engine: SearchEngine, image: str | Path | bytes | None, url
     return data
 
 
+def check_query_image(engine: SearchEngine, image: str | Path | bytes | None) -> None:
+    """Checked from its header as soon as a picture is chosen, so a file that is not one (a text file named .jpg)
+    is named at once instead of leaving a broken preview; raises a ClipSearchError saying why."""
+    if image:
+        limits = engine.settings.upload
+        open_image(load_query_image(engine, image, None), max_pixels=limits.max_pixels, formats=limits.formats)
+
+
 def image_search(
-    engine: SearchEngine, image: str | Path | bytes | None, url: str | None = None, k: int | None = None
+    engine: SearchEngine, image: str | Path | bytes | None, url: str | None = None, k: float | str | None = None
 ) -> Results:
     """The Image-Search tab: images most similar to a query image, which is never stored."""
     data = load_query_image(engine, image, url)
     if engine.count() == 0:
-        engine.decode(data)  # still say so when the picture itself is unusable
+        engine.decode_query(data)  # still say so when the picture itself is unusable
         return Results("image", [], f"Nothing to search yet. {HOW_TO_ADD}")
     hits = engine.search_image(data, k)
-    return Results("image", hits, f"**{len(hits)} images** most similar to your picture")
+    return Results("image", hits, f"**{_count(hits, 'image')}** most similar to your picture")
 
 
-def more_like_this(engine: SearchEngine, image_id: int | float | None, k: int | None = None) -> Results:
+def more_like_this(engine: SearchEngine, image_id: int | float | str | None, k: float | str | None = None) -> Results:
     """Neighbours of an image of the collection (itself excluded)."""
-    if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+    if _no_id(image_id):
         raise ClipSearchError("click a result first, then “More like this”")
-    record = engine.get(int(image_id))
+    record = engine.get(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
     hits = engine.search_similar(record.id, k)
     label = f" “{md_escape(record.caption)}”" if record.caption else ""
-    return Results("similar", hits, f"**{len(hits)} images** like image {record.id}{label}")
+    return Results("similar", hits, f"**{_count(hits, 'image')}** like image {record.id}{label}")
+
+
+def _no_id(image_id: object) -> bool:
+    """Nothing chosen: an empty field (None, blank, NaN), as opposed to an id that names no image."""
+    if isinstance(image_id, float):
+        return math.isnan(image_id)
+    return image_id is None or (isinstance(image_id, str) and not image_id.strip())
 
 
 def describe_hit(hit: dict[str, Any] | None) -> str:
@@ -559,6 +597,29 @@ def discard_uploaded_copies(files: Sequence[str | Path]) -> None:
             log.warning("could not remove the uploaded copy %s: %s", path, exc)
 
 
+def no_files_message(engine: SearchEngine) -> str:
+    """Also what a visitor reads after choosing only files over the limit: the browser drops those before they
+    are sent, so the server never sees them; say why the box may be empty."""
+    limit = engine.settings.upload.max_bytes
+    return (
+        f"choose one or more photos to upload first (a file over {_mib(limit)} is refused by your browser, "
+        f"which writes that limit as “{_gradio_size(limit)}”)"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
+
+
+def _gradio_size(size: int) -> str:
+    """The limit as Gradio's page writes it in its own warning (1024-based, with the unit spelled "Mb")."""
+    value, units = float(size), ["b", "Kb", "Mb", "Gb", "Tb"]
+    step = 0
+    while value >= 1024 and step < len(units) - 1:
+        value, step = value / 1024, step + 1
+    return f"{value:.1f} {units[step]}"
+
+
 def upload_files(
     engine: SearchEngine,
     files: Sequence[str | Path] | None,
@@ -576,7 +637,7 @@ def upload_files(
     """
     paths = [Path(f) for f in files or []]
     if not paths:
-        raise ClipSearchError("choose one or more photos to upload first")
+        raise ClipSearchError(no_files_message(engine))
     limits = engine.settings.upload
     allowed = len(paths) if allowed is None else allowed
     results: list[AddResult] = []
@@ -642,17 +703,32 @@ def add_samples(engine: SearchEngine) -> str:
     return f"Added {report.added} sample photos: the collection now holds {collection_size(engine.count())}."
 
 
-def delete_image(engine: SearchEngine, image_id: int | float | None) -> str:
+def delete_image(engine: SearchEngine, image_id: int | float | str | None) -> str:
     """Admin: remove an image from the collection and the store."""
-    if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+    if _no_id(image_id):
         raise ClipSearchError("give the id of the image to delete (it is shown when you click a result)")
-    record = engine.delete(int(image_id))
+    record = engine.delete(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
     return f"Deleted image {record.id}. The collection now holds {collection_size(engine.count())}."
 
 
-def public_stats(engine: SearchEngine) -> dict[str, Any]:
+class PublicStats(TypedDict):
+    """What ``/stats`` answers (typed, so the API page lists the fields)."""
+
+    images: int
+    model: str
+
+
+def public_stats(engine: SearchEngine) -> PublicStats:
     """Facts safe to show anyone (no paths, no bucket names)."""
     return {"images": engine.count(), "model": _model_name(engine.settings.model.id)}
+
+
+def label_api_output(demo: gr.Blocks, api_name: str, label: str) -> None:
+    """Name a ``gr.api`` endpoint's answer on the API page, which otherwise calls it "1st"."""
+    for fn in demo.fns.values():
+        if fn.api_name == api_name:
+            for output in fn.outputs:
+                output.label = label
 
 
 # -- access --------------------------------------------------------------------------------------------------------
@@ -737,6 +813,9 @@ def friendly(fn: F) -> F:
             raise gr.Error(
                 html.escape(_sentence(str(exc)), quote=False), title="Not found", print_exception=False
             ) from None
+        except (StorageError, CatalogError) as exc:  # names endpoints, buckets, keys, paths: for the log only
+            log.warning("storage error in %s: %s", getattr(fn, "__name__", fn), exc)
+            raise gr.Error(STORAGE_UNAVAILABLE, title="Sorry", print_exception=False) from None
         except ClipSearchError as exc:
             raise gr.Error(
                 html.escape(_sentence(str(exc)), quote=False), title="Sorry", print_exception=False
@@ -771,6 +850,10 @@ CSS = """
 .cs-added { color: #15803d; }
 .cs-duplicate { color: #a16207; }
 .cs-rejected { color: #b91c1c; }
+.cs-results .caption-label { max-width: calc(100% - 2 * var(--block-label-margin)); }
+@media (max-width: 640px) {  /* a phone: two thumbnails a row, so "87% match · 0.31" is not cut */
+  .cs-results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
 """
 
 
@@ -787,6 +870,16 @@ element.addEventListener("click", (event) => {
   }
 });
 """
+
+
+def scroll_into_view(elem_id: str | None) -> str:
+    """Browser code that brings an element into view once it is drawn: the details of an opened result sit
+    below the gallery's large preview, under the fold of a 1280 x 900 window."""
+    target = json.dumps(f"#{elem_id}")
+    return (
+        f"() => {{ setTimeout(() => document.querySelector({target})"
+        "?.scrollIntoView({ block: 'nearest', behavior: 'instant' }), 60); }"
+    )
 
 
 def theme() -> gr.themes.Base:
@@ -809,14 +902,6 @@ def _root_api_url(request: gr.Request | None) -> str:
     return f"{root}/?view=api" if root else "?view=api"
 
 
-def _browser_url(url: str, root: str) -> str:
-    """An image's URL as the gallery hands it to the browser: presigned URLs as they are, local files through
-    the app's file route."""
-    from gradio_client.utils import encode_file_path, is_http_url_like
-
-    return url if is_http_url_like(url) else f"{root}/gradio_api/file={encode_file_path(url)}"
-
-
 @dataclass
 class _Context:
     """What every tab builder needs: the engine, the access checks and the queue groups."""
@@ -831,6 +916,58 @@ class _Context:
     @property
     def k_range(self) -> tuple[int, int]:
         return self.engine.settings.search.max_k, self.engine.settings.search.default_k
+
+
+# Inputs whose value reaches our handlers unconverted: Gradio's own conversions fail with its generic "upstream
+# Gradio app has raised an exception" and a traceback in the log (on a text file named .jpg, on k=0 or 1e9 from an
+# API client, on an id that is text), where the handlers answer in words. The preprocess is replaced on the
+# instance: a subclass of a Gradio component would make Gradio write a .pyi file next to this module.
+
+
+def query_image_input(**kwargs: Any) -> gr.Image:
+    """The Image-Search input: the file's path, unopened; the handler checks it under the upload limits
+    (Gradio's preprocessing would open any Pillow format and convert it in full, whatever its size)."""
+    component = gr.Image(**kwargs)
+
+    def preprocess(payload: Any) -> str | None:
+        path = getattr(payload, "path", None)
+        return None if path is None else str(path)  # no file: the handler asks for one
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def results_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """The "Results" slider; the search clamps its value to 1..search.max_k, or refuses text in words."""
+    component = gr.Slider(*args, **kwargs)
+    component.preprocess = _as_sent  # type: ignore[method-assign]
+    return component
+
+
+def id_field(**kwargs: Any) -> gr.Number:
+    """An image id field; the handler says "no image with id ..." for anything that is not one."""
+    component = gr.Number(**kwargs)
+    component.preprocess = _as_sent  # type: ignore[method-assign]
+    return component
+
+
+def upload_files_input(**kwargs: Any) -> gr.File:
+    """The Upload tab's file box: the uploaded paths as they are (Gradio's own preprocessing also creates an
+    empty temporary file per uploaded file and never removes it)."""
+    component = gr.File(**kwargs)
+
+    def preprocess(payload: Any) -> list[str] | None:
+        if payload is None:
+            return None
+        files = getattr(payload, "root", None)
+        return [str(f.path) for f in (files if isinstance(files, list) else [payload])]
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def _as_sent(payload: Any) -> Any:
+    return payload
 
 
 @dataclass
@@ -886,7 +1023,7 @@ def _results_panel(name: str) -> _ResultsPanel:
                 )
                 load_more = gr.Button("Load more", size="sm", visible=False, elem_id=f"{name}-load-more")
             details, parts = _details_panel(name)
-        selected = gr.Number(visible=False, precision=0, label="image id")
+        selected = id_field(visible=False, precision=0, label="image id")
         state = gr.State(None)
     return _ResultsPanel(status, gallery, load_more, details, *parts, selected, state)
 
@@ -966,7 +1103,9 @@ def _search_tab(ctx: _Context) -> _SearchTab:
         sort = gr.Dropdown(
             choices=list(SORTS), value="relevance", label="Sort", scale=1, min_width=150, elem_id="search-sort"
         )
-        k = gr.Slider(1, k_max, value=k_default, step=1, label="Results", scale=1, min_width=180, elem_id="search-k")
+        k = results_slider(
+            1, k_max, value=k_default, step=1, label="Results", scale=1, min_width=180, elem_id="search-k"
+        )
     filters = _filters_accordion()
     examples = gr.Examples(engine.settings.app.examples, inputs=[query], label="Try", examples_per_page=50)
     panel = _results_panel("search")
@@ -1018,7 +1157,7 @@ def _image_tab(ctx: _Context) -> _ImageTab:
     gr.Markdown("Upload, paste or take a picture: the most similar photos of the collection appear below.")
     with gr.Row():
         with gr.Column(scale=2, min_width=260):
-            image = gr.Image(
+            image = query_image_input(
                 type="filepath",
                 sources=["upload", "clipboard", "webcam"],
                 label="Your picture (it is not added to the collection)",
@@ -1039,7 +1178,7 @@ def _image_tab(ctx: _Context) -> _ImageTab:
                 visible=ctx.engine.settings.app.allow_image_urls,
                 elem_id="image-url",
             )
-            k = gr.Slider(1, k_max, value=k_default, step=1, label="Results", elem_id="image-k")
+            k = results_slider(1, k_max, value=k_default, step=1, label="Results", elem_id="image-k")
             button = gr.Button("Find similar images", variant="primary", elem_id="image-button")
     return _ImageTab(image, text, url, k, button, _results_panel("image"))
 
@@ -1061,8 +1200,8 @@ def _upload_tab(ctx: _Context) -> _UploadTab:
     names = {"HEIF": "HEIC", "WEBP": "WebP"}
     formats = ", ".join(names.get(f, f) for f in upload.formats)
     gr.Markdown(
-        f"Add your photos to the collection: {formats}; up to {upload.max_bytes / 2**20:.0f} MiB each and "
-        f"{upload.max_files} at a time. "
+        f"Add your photos to the collection: {formats}; up to {_mib(upload.max_bytes)} each "
+        f"(“{_gradio_size(upload.max_bytes)}” in the browser's warning) and {upload.max_files} at a time. "
         + (
             "Photos are stored re-encoded, without their metadata (location, camera, dates). "
             if not upload.keep_metadata
@@ -1070,7 +1209,7 @@ def _upload_tab(ctx: _Context) -> _UploadTab:
         )
         + "They can be found by every visitor from the very next search."
     )
-    files = gr.File(file_count="multiple", label="Photos", height=180, elem_id="upload-files")
+    files = upload_files_input(file_count="multiple", label="Photos", height=180, elem_id="upload-files")
     with gr.Row():
         caption = gr.Textbox(
             label="Caption (optional, for all these photos)",
@@ -1099,7 +1238,7 @@ def _upload_tab(ctx: _Context) -> _UploadTab:
     if ctx.admin_enabled:
         with gr.Accordion("Admin", open=False, elem_id="cs-admin"):
             admin = (
-                gr.Number(label="Image id", precision=0),
+                id_field(label="Image id", precision=0),
                 gr.Textbox(label="Admin token", type="password"),
                 gr.Button("Delete image", variant="stop"),
                 gr.Markdown(label="message"),
@@ -1127,11 +1266,13 @@ def _panel_outputs(panel: _ResultsPanel) -> list[Any]:
     return [panel.status, panel.gallery, panel.state, panel.load_more, panel.details, panel.marks]
 
 
-def _show_page(results: PageResults, *, close_details: bool = True) -> tuple[Any, ...]:
+def _show_page(
+    engine: SearchEngine, results: PageResults, request: gr.Request | None, *, close_details: bool = True
+) -> tuple[Any, ...]:
     marker = "" if results.page.confident else WEAK_MARKER
     values = (
         results.message + marker,
-        gr.update(value=results.gallery(), visible=bool(results.page.hits)),
+        gr.update(value=public_gallery(engine, results.gallery(), request), visible=bool(results.page.hits)),
         results.state,
         gr.update(visible=results.page.has_more),
     )
@@ -1167,9 +1308,9 @@ def _wire_search_tab(ctx: _Context, tab: _SearchTab) -> None:
             caption=caption,
             orientation=orientation,
             sort=sort,
-            k=int(k),
+            k=engine.result_count(k),
         )
-        return _show_page(run_state(engine, new_state("text", query)))
+        return _show_page(engine, run_state(engine, new_state("text", query)), request)
 
     outputs = _panel_outputs(tab.panel)
     options = {"api_visibility": "private", **ctx.search_queue}
@@ -1187,11 +1328,27 @@ def _wire_image_tab(ctx: _Context, tab: _ImageTab) -> None:
     def on_find_image(image: str | None, text: str, url: str, k: float, request: gr.Request) -> tuple[Any, ...]:
         gate.search(request)
         data = load_query_image(engine, image, url)
-        query: dict[str, Any] = {"k": int(k)}
+        query: dict[str, Any] = {"k": engine.result_count(k)}
         if text and text.strip():
             query["text"] = text.strip()
-        return _show_page(run_state(engine, new_state("image", query, image=True), data))
+        return _show_page(engine, run_state(engine, new_state("image", query, image=True), data), request)
 
+    @friendly
+    def on_query_image(image: str | None) -> tuple[Any, Any]:
+        """A picture that cannot be searched with is taken out of the box, and the reason shown under it."""
+        try:
+            check_query_image(engine, image)
+        except ClipSearchError as exc:
+            return None, f"**Sorry:** {md_escape(_sentence(str(exc)))}"
+        return gr.skip(), gr.skip()
+
+    tab.image.upload(
+        on_query_image,
+        inputs=[tab.image],
+        outputs=[tab.image, tab.panel.status],
+        api_visibility="private",
+        queue=False,
+    )
     inputs = [tab.image, tab.text, tab.url, tab.k]
     options = {"api_visibility": "private", **ctx.search_queue}
     gr.on(
@@ -1219,7 +1376,7 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
             raise ClipSearchError("search first")
         results = run_state(engine, state, query_image(state, *image), more=True)
         marker = "" if results.page.confident else WEAK_MARKER
-        gallery = state_gallery(engine, results.state)
+        gallery = public_gallery(engine, state_gallery(engine, results.state), request)
         return results.message + marker, gallery, results.state, gr.update(visible=results.page.has_more)
 
     @friendly
@@ -1228,7 +1385,8 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
         gate.search(request)
         if not state or not (state["good"] or state["bad"]):
             raise ClipSearchError("mark results with 👍 or 👎 first, then Refine")
-        return _show_page(run_state(engine, state, query_image(state, *image)), close_details=False)
+        results = run_state(engine, state, query_image(state, *image))
+        return _show_page(engine, results, request, close_details=False)
 
     @friendly
     def on_similar(
@@ -1236,13 +1394,14 @@ def _wire_panel(ctx: _Context, panel: _ResultsPanel, k_input: gr.Slider, rerun_i
     ) -> tuple[Any, ...]:
         """Neighbours of the opened image, in the same filters and order; the image stays open beside them."""
         gate.search(request)
-        if image_id is None or (isinstance(image_id, float) and math.isnan(image_id)):
+        if _no_id(image_id):
             raise ClipSearchError("click a result first, then “More like this”")
+        record = engine.get(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
         previous = (state or {}).get("request", {})
-        query = {"parts": [{"id": int(image_id)}], "k": int(k)}
+        query = {"parts": [{"id": record.id}], "k": engine.result_count(k)}
         query.update({key: previous[key] for key in ("filters", "sort") if key in previous})
-        fresh = new_state("similar", query, source=engine.get(int(image_id)).id)
-        return _show_page(run_state(engine, fresh), close_details=False)
+        fresh = new_state("similar", query, source=record.id)
+        return _show_page(engine, run_state(engine, fresh), request, close_details=False)
 
     private = {"api_visibility": "private"}
     state_in = [panel.state, *rerun_inputs]
@@ -1271,14 +1430,14 @@ def _wire_details(ctx: _Context, panel: _ResultsPanel) -> None:
     engine = ctx.engine
 
     @friendly
-    def on_open(state: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, ...]:
+    def on_open(state: dict[str, Any] | None, evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         """A clicked result's image and details, looked up by its id."""
         index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
         hit = opened_hit(engine, state, index)
         if hit is None:
             return None, "", None, gr.update(visible=False), ""
         return (
-            [(hit["url"], f"image {hit['id']}")],
+            public_gallery(engine, [(hit["url"], f"image {hit['id']}")], request),
             describe_hit(hit),
             hit["id"],
             gr.update(visible=True),
@@ -1296,7 +1455,7 @@ def _wire_details(ctx: _Context, panel: _ResultsPanel) -> None:
         inputs=[panel.state],
         outputs=[panel.opened, panel.details_md, panel.selected, panel.details, panel.marks],
         **private,
-    )
+    ).then(None, js=scroll_into_view(panel.details.elem_id), queue=False, **private)
 
     def on_good(state: dict[str, Any] | None, image_id: float | None) -> tuple[Any, ...]:
         return on_mark(state, image_id, True)
@@ -1319,36 +1478,36 @@ def _wire_api(ctx: _Context, search: _SearchTab, image: _ImageTab, api: _ApiOutp
     """The named endpoints scripts call (``/search``, ``/search_image``, ``/more_like_this``, ``/query``)."""
     engine, gate = ctx.engine, ctx.gate
 
-    def show(results: Results) -> tuple[Any, ...]:
+    def show(results: Results, request: gr.Request | None) -> tuple[Any, ...]:
         marker = "" if results.confident else WEAK_MARKER
-        return results.message + marker, results.gallery(), results.as_dicts()
+        hits = [dict(hit, url=public_url(engine, hit["url"], request)) for hit in results.as_dicts()]
+        return results.message + marker, public_gallery(engine, results.gallery(), request), hits
 
     @friendly
-    def on_search(query: str, k: float, request: gr.Request) -> tuple[Any, ...]:
+    def on_search(query: str, k: float | str, request: gr.Request) -> tuple[Any, ...]:
         """Text search: images best matching a description, with SigLIP's match probability."""
         gate.search(request)
-        return show(text_search(engine, query, int(k)))
+        return show(text_search(engine, query, k), request)
 
     @friendly
-    def on_search_image(image: str | None, k: float, url: str, request: gr.Request) -> tuple[Any, ...]:
+    def on_search_image(image: str | None, k: float | str, url: str, request: gr.Request) -> tuple[Any, ...]:
         """Image search: images most similar to a query image (a file, or an http(s) URL); it is never stored."""
         gate.search(request)
-        return show(image_search(engine, image, url, int(k)))
+        return show(image_search(engine, image, url, k), request)
 
     @friendly
-    def on_more_like_this(image_id: float | None, k: float, request: gr.Request) -> tuple[Any, ...]:
+    def on_more_like_this(image_id: float | str | None, k: float | str, request: gr.Request) -> tuple[Any, ...]:
         """ "More like this": the images most similar to one of the collection (by id), itself excluded."""
         gate.search(request)
-        return show(more_like_this(engine, image_id, int(k)))
+        return show(more_like_this(engine, image_id, k), request)
 
     @friendly
     def on_query(query: str | dict[str, Any] | None, image: str | None, request: gr.Request) -> dict[str, Any]:
         """A whole query as JSON (text, minus, parts, like, unlike, filters, sort, k, page), with an optional
         image: one page of results as JSON."""
         gate.search(request)
-        root = _root_url(request)
         try:
-            return run_query_json(engine, query, image, url_for=lambda url: _browser_url(url, root))
+            return run_query_json(engine, query, image, url_for=lambda url: public_url(engine, url, request))
         finally:
             if image:
                 discard_uploaded_copies([image])
@@ -1379,7 +1538,7 @@ def _wire_upload_tab(ctx: _Context, tab: _UploadTab, search: _SearchTab, refresh
         """Add photos (JPEG, PNG, WebP, HEIC) to the collection, with an optional caption; a result per file."""
         files = list(files or [])
         if not files:
-            raise ClipSearchError("choose one or more photos to upload first")
+            raise ClipSearchError(no_files_message(engine))
         try:
             allowed, wait = gate.upload(request, min(len(files), engine.settings.upload.max_files), token)
             outcome = upload_files(
@@ -1392,7 +1551,7 @@ def _wire_upload_tab(ctx: _Context, tab: _UploadTab, search: _SearchTab, refresh
             )
         finally:
             discard_uploaded_copies(files)  # what was kept is in the store; nothing of a refused file stays
-        return outcome.message, outcome.added, outcome.as_dicts()
+        return outcome.message, public_gallery(engine, outcome.added, request), outcome.as_dicts()
 
     @friendly
     def on_add_samples(request: gr.Request) -> str:
@@ -1402,7 +1561,7 @@ def _wire_upload_tab(ctx: _Context, tab: _UploadTab, search: _SearchTab, refresh
         return add_samples(engine)
 
     @friendly
-    def on_delete(image_id: float | None, token: str, request: gr.Request) -> str:
+    def on_delete(image_id: float | str | None, token: str, request: gr.Request) -> str:
         """Admin only: delete an image (by id) from the collection and the store."""
         gate.delete(request, token)
         return delete_image(engine, image_id)
@@ -1473,11 +1632,12 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         _wire_upload_tab(ctx, upload, search, refresh)
 
         @friendly
-        def stats() -> dict[str, Any]:
-            """Collection size and model name."""
+        def stats() -> PublicStats:
+            """Collection size and model name: {"images": int, "model": str}."""
             return public_stats(engine)
 
         gr.api(stats, api_name="stats", concurrency_limit=None)
+        label_api_output(demo, "stats", "stats")
     return demo
 
 
@@ -1491,13 +1651,70 @@ def queue_options(engine: SearchEngine) -> dict[str, Any]:
     }
 
 
+IMAGE_ROUTE = "/images"  # local storage: images/ab/x.jpg is served at <app>/images/ab/x.jpg
+
+
+def image_routes(engine: SearchEngine) -> list[Any]:
+    """Local storage: the image folder served under ``/images``, so results link to the app, never to a server
+    path (Gradio's own ``/file=`` links spell out the folder's absolute path)."""
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    from clip_search.store import LocalImageStore
+
+    if not isinstance(engine.store, LocalImageStore):
+        return []
+    return [Mount(IMAGE_ROUTE, app=StaticFiles(directory=engine.store.root, check_dir=False), name="images")]
+
+
+def public_gallery(
+    engine: SearchEngine, items: Sequence[tuple[str, str]], request: gr.Request | None
+) -> list[tuple[str, str]]:
+    """Gallery items whose local files are given as ``<app>/images/...`` links (absolute, so API clients and a
+    ``<gradio-app>`` embedded elsewhere can fetch them); presigned S3 URLs go through untouched."""
+    from clip_search.store import LocalImageStore
+
+    store = engine.store
+    base = _public_root(request) if isinstance(store, LocalImageStore) else None
+    if base is None:
+        return list(items)
+    return [(_served(store.root, url, base), caption) for url, caption in items]
+
+
+def public_url(engine: SearchEngine, url: str, request: gr.Request | None) -> str:
+    """One image's link as a visitor or an API client gets it: ``<app>/images/...`` for the local store (never
+    a server path), presigned S3 URLs untouched."""
+    return public_gallery(engine, [(url, "")], request)[0][0]
+
+
+def _served(root: Path, url: str, base: str) -> str:
+    path = Path(url)
+    if path.is_absolute() and path.is_relative_to(root):
+        return f"{base}{IMAGE_ROUTE}/{path.relative_to(root).as_posix()}"
+    return url
+
+
+def _public_root(request: gr.Request | None) -> str | None:
+    """The app's public address as the visitor reached it (behind a proxy too), or None outside a request."""
+    try:
+        from gradio import route_utils
+
+        inner = request.request  # type: ignore[union-attr]
+        path = inner.url.path
+        cut = path.find("/gradio_api/")
+        return route_utils.get_root_url(inner, route_path=path[cut:] if cut >= 0 else path, root_path=None)
+    except Exception:
+        return None
+
+
 def launch_options(engine: SearchEngine) -> dict[str, Any]:
-    """What ``app.py`` passes to ``launch()`` besides the address: files, limits, look."""
+    """What ``app.py`` passes to ``launch()`` besides the address: files, limits, look, the ``/images`` route."""
     from clip_search.store import LocalImageStore
 
     store = engine.store
     allowed = [str(store.root)] if isinstance(store, LocalImageStore) else []
     return {
+        "app_kwargs": {"routes": image_routes(engine)},
         "allowed_paths": allowed,
         "max_file_size": engine.settings.upload.max_bytes,
         "theme": theme(),

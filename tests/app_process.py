@@ -115,7 +115,7 @@ def start_app(
             try:
                 if requests.get(app.url + "/", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or still busy starting (a loaded CPU)
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{app.log()}")

@@ -145,6 +145,35 @@ def test_open_a_result_and_more_like_this(page, app: RunningApp):
     _shot(page, "more-like-this")
 
 
+def test_details_of_an_opened_result_are_in_view(page, app: RunningApp):
+    _open(page, app.url)
+    page.get_by_role("button", name="a red brick wall").click()
+    _wait_images(page, "#search-gallery", 12)
+    page.locator("#search-gallery img").nth(5).click()
+    page.locator("#search-details").wait_for(state="visible")
+    page.wait_for_timeout(800)  # the scroll
+    top = page.evaluate("() => document.querySelector('#search-details').getBoundingClientRect().top")
+    assert 0 <= top < 900 - 100, top  # its heading and first rows show without scrolling, at 1280 x 900
+
+
+def test_thumbnail_labels_are_whole_on_a_phone(browser, app: RunningApp):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        _open(page, app.url)
+        page.get_by_role("button", name="a red brick wall").click()
+        _wait_images(page, "#search-gallery", 4)
+        labels = page.evaluate(
+            "() => [...document.querySelectorAll('#search-gallery .caption-label')]"
+            ".map(e => [e.innerText, e.scrollWidth <= e.clientWidth + 1])"
+        )
+        _shot(page, "phone-results")
+        assert labels and all(whole for _, whole in labels), labels
+    finally:
+        context.close()
+
+
 def test_image_search_tab(page, app: RunningApp, photos: list[Path]):
     _open(page, app.url)
     page.get_by_role("tab", name="Image-Search").click()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT, shared_data
 
@@ -26,6 +27,8 @@ def test_samples_then_search_json(cli_env: dict[str, str]):
         assert {"id", "key", "score", "probability", "url", "caption"} <= set(hit)
         assert 0.0 <= hit["probability"] <= 1.0
         assert hit["key"].startswith("images/")
+        assert hit["url"] == hit["key"]  # local storage: relative to the data dir, no absolute server path
+        assert (Path(cli_env["CLIP_SEARCH_DATA_DIR"]) / hit["url"]).is_file()
 
     table = run(cli_env, "search", "a cat", "-k", "2").stdout.splitlines()
     assert len(table) == 2 and table[0].lstrip().startswith("1.")

@@ -128,3 +128,14 @@ def test_clip_falls_back_to_a_softmax_over_the_labels():
     probs, method = probabilities(_ClipLike(), np.array([0.30, 0.25, 0.10]))
     assert method == "softmax" and probs.sum() == pytest.approx(1.0) and probs.argmax() == 0
     assert parse_labels(["a", " b ", "a", ""]) == ["a", "b"]
+
+
+def test_help_shows_the_model_option_as_users_type_it():
+    import argparse
+
+    from clip_search.__main__ import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("eval", "classify"):
+        text = commands[name].format_help()
+        assert "--model MODEL" in text and "SUB_MODEL" not in text, name

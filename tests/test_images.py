@@ -107,12 +107,51 @@ def test_palette_gif_first_frame(photo):
     [
         (b"", "empty file"),
         (b"hello, I am a text file pretending to be a JPEG\n", "not a supported image format"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a supported image format|unreadable|corrupt"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "damaged PNG file"),
     ],
 )
 def test_non_images_are_refused_with_a_reason(data: bytes, message: str):
     with pytest.raises(InvalidImageError, match=message):
         decode_image(data, max_pixels=LIMIT)
+
+
+def _bad_crc_png() -> bytes:
+    data = bytearray(_png(Image.new("RGB", (20, 20), "red")))
+    data[29] ^= 0xFF  # the IHDR chunk's checksum
+    return bytes(data)
+
+
+def _zero_size_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = b"\x00\x00\x00\x00"  # height and width 0
+    return bytes(data)
+
+
+def _huge_text_chunk_png() -> bytes:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 20 * 2**20, zip=True)  # compresses to ~20 KB, beyond Pillow's text limit
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_bad_crc_png, "^damaged PNG file: it starts like one but cannot be read$"),
+        (_zero_size_jpeg, "^damaged JPEG file"),
+        (_huge_text_chunk_png, "^unreadable image: its metadata is too large$"),
+    ],
+)
+def test_damaged_photos_are_called_damaged_in_plain_words(make, message: str):
+    """A photo that broke on the way is not "not an image", and Pillow's internal wording is not shown."""
+    with pytest.raises(InvalidImageError, match=message):
+        decode_image(make(), max_pixels=LIMIT, formats=("JPEG", "PNG", "WEBP", "HEIF"))
 
 
 def test_truncated_jpeg_is_refused(photo):

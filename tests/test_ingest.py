@@ -97,6 +97,16 @@ def test_bad_files_are_reported_and_the_rest_indexed(engine: SearchEngine, tmp_p
         assert name in summary
 
 
+def test_summary_of_a_run_with_nothing_new_says_so():
+    from clip_search.ingest import IngestReport
+
+    summary = IngestReport(already_indexed=14, seconds=0.043).summary()
+    assert summary.startswith("nothing new: added 0, already indexed 14") and "in 43 ms" in summary
+    assert "0.0 s" not in summary and "images/s" not in summary
+    busy = IngestReport(added=10, seconds=2.0).summary()
+    assert "in 2.0 s (5.0 images/s)" in busy and not busy.startswith("nothing new")
+
+
 def test_same_bytes_under_two_names_are_stored_once(engine: SearchEngine, tmp_path: Path):
     src = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[0]
     folder = tmp_path / "dupes"

@@ -96,8 +96,10 @@ def test_migrating_another_models_catalog_is_refused_and_keeps_it(settings, othe
     with SearchEngine(settings) as engine:
         _old_collection(engine, photos)
     other = make_settings(settings.data_dir, other_tiny_model_dir)
-    with pytest.raises(ModelMismatchError, match=r"set model\.id to that model"):
+    with pytest.raises(ModelMismatchError, match=r"set model\.id \(or CLIP_SEARCH_MODEL\) to that model") as info:
         SearchEngine(other)
+    assert "a local model folder named 'tiny-siglip'" in str(info.value)
+    assert "#" not in str(info.value)  # not the internal signature (folder name + weights fingerprint)
     assert settings.legacy_catalog_path.exists()
 
 

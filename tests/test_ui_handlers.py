@@ -103,6 +103,16 @@ def test_weak_matches_are_called_out_but_still_shown(engine: SearchEngine):
     assert len(results.hits) == 4 and len(results.gallery()) == 4
 
 
+def test_no_good_match_never_says_the_best_is_a_near_certain_match():
+    """With the threshold forced near 1, ">99%" is both a weak match and a near-certain one: say the figures."""
+    assert ui._best_below(0.31, 0.5) == "the best is a 31% match"
+    assert ui._best_below(0.995, 0.999) == "the best is a 99.5% match, below the 99.9% asked for here"
+    assert ui._best_below(0.9991, 0.9995) == "the best is a 99.91% match, below the 99.95% asked for here"
+    assert ui._best_below(0.9999, 1.0) == "the best is a 99.9% match, below the 100.0% asked for here"
+    assert ui._best_below(0.62, 0.65) == "the best is a 62% match"
+    assert ui._best_below(0.99899, 0.999) == "the best is a 99.8% match, below the 99.9% asked for here"
+
+
 def test_empty_query_is_refused_in_plain_words(engine: SearchEngine):
     with pytest.raises(EmptyQueryError, match="empty"):
         ui.text_search(engine, "   ", 5)
@@ -138,6 +148,41 @@ def test_image_search_refuses_a_query_image_over_the_size_limit(engine: SearchEn
     engine.settings.upload.max_bytes = 1024
     with pytest.raises(ClipSearchError, match="too large"):
         ui.image_search(engine, str(big), None, 3)
+
+
+def test_a_text_file_named_jpg_is_refused_as_not_an_image(engine: SearchEngine, tmp_path: Path):
+    """Said as soon as it is chosen (its preview would only look broken) and again if searched with."""
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("milk, eggs, bread")
+    for handler in (ui.check_query_image, lambda e, image: ui.image_search(e, image, None, 3)):
+        with pytest.raises(InvalidImageError, match=r"^not a supported image format \(accepted: JPEG, PNG"):
+            handler(engine, str(notes))
+    ui.check_query_image(engine, None)  # the box was cleared: nothing to say
+
+
+def test_a_query_image_is_checked_from_its_header_when_chosen(engine: SearchEngine, tmp_path: Path):
+    giant = tmp_path / "giant.png"
+    Image.new("1", (8000, 6000)).save(giant)  # 48 MP, one bit per pixel: a small file over upload.max_pixels
+    with pytest.raises(InvalidImageError, match=r"8000x6000 is 48\.0 megapixels"):
+        ui.check_query_image(engine, str(giant))
+
+
+def test_result_counts_are_clamped_or_refused_in_words(engine: SearchEngine):
+    assert len(ui.text_search(engine, "a dog", 0).hits) == 1
+    assert len(ui.text_search(engine, "a dog", -5).hits) == 1
+    assert len(ui.text_search(engine, "a dog", 1e9).hits) == 8  # everything the collection holds
+    assert len(ui.text_search(engine, "a dog", "3").hits) == 3
+    for bad in (float("nan"), "ten", ""):
+        with pytest.raises(ClipSearchError, match="the number of results must be a number from 1 to 100"):
+            ui.text_search(engine, "a dog", bad)
+
+
+@pytest.mark.parametrize("image_id", [1e20, -3, float("inf"), "seven", 2**64])
+def test_ids_that_name_no_image_are_not_found(engine: SearchEngine, image_id: object):
+    with pytest.raises(NotFoundError, match="no image with id"):
+        ui.more_like_this(engine, image_id, 3)
+    with pytest.raises(NotFoundError, match="no image with id"):
+        ui.delete_image(engine, image_id)
 
 
 def test_image_urls_to_private_addresses_are_refused(engine: SearchEngine):
@@ -209,8 +254,11 @@ def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine
 
 
 def test_upload_limits(engine: SearchEngine, photos: list[Path]):
-    with pytest.raises(ClipSearchError, match="choose one or more"):
+    with pytest.raises(ClipSearchError, match="choose one or more") as info:
         ui.upload_files(engine, [], None)
+    # the browser silently keeps back a file over the limit: the message says so, in the browser's units too
+    assert "a file over 20 MiB is refused by your browser, which writes that limit as “20.0 Mb”" in str(info.value)
+    assert ui._gradio_size(10 * 2**20) == "10.0 Mb" and ui._gradio_size(1536) == "1.5 Kb"
     engine.settings.upload.max_files = 2
     outcome = ui.upload_files(engine, [str(p) for p in photos[10:13]], None, allowed=1, wait_s=42)
     assert [r.status for r in outcome.results] == ["added", "rejected", "rejected"]
@@ -238,6 +286,12 @@ def test_delete_image(engine: SearchEngine):
 
 def test_public_stats_hide_paths(engine: SearchEngine):
     assert ui.public_stats(engine) == {"images": 8, "model": "tiny-siglip"}
+
+
+def test_the_api_page_names_what_stats_answers(engine: SearchEngine):
+    endpoint = ui.build_app(engine).get_api_info()["named_endpoints"]["/stats"]
+    assert [r["label"] for r in endpoint["returns"]] == ["stats"]  # not "1st"
+    assert '"images": int, "model": str' in endpoint["description"]
 
 
 # -- access -------------------------------------------------------------------------------------------------------
@@ -310,6 +364,32 @@ def test_errors_become_plain_messages_never_tracebacks(caplog):
         crashes()
     assert info.value.message == ui.GENERIC_ERROR and "secret" not in info.value.message
     assert "segfault" in caplog.text  # logged for the operator
+
+
+def test_storage_failures_reach_the_visitor_as_plain_words(private_s3_server, tmp_path, tiny_model_dir, photos, caplog):
+    """SeaweedFS stopped: the visitor reads "storage unavailable"; endpoint, bucket and key stay in the log."""
+    from tests.s3server import make_s3_settings, s3_environment
+
+    server = private_s3_server
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_environment(server, None).items():
+            if key.startswith("AWS_"):
+                mp.setenv(key, value)
+        bucket = server.new_bucket()
+        engine = SearchEngine(make_s3_settings(tmp_path / "data", tiny_model_dir, server, bucket))
+        try:
+            upload = ui.friendly(ui.upload_files)
+            assert upload(engine, [photos[0]]).results[0].status == "added"
+            server.stop()
+            with pytest.raises(gr.Error) as info:
+                upload(engine, [photos[1]])
+        finally:
+            engine.close()
+    shown = f"{info.value.title} {info.value.message}"
+    assert info.value.message == ui.STORAGE_UNAVAILABLE
+    for detail in (server.endpoint, bucket, "127.0.0.1", "images/", "read_timeout_s"):
+        assert detail not in shown
+    assert server.endpoint in caplog.text  # the operator still learns what failed
 
 
 # -- the app itself -----------------------------------------------------------------------------------------------

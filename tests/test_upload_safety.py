@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from clip_search.engine import SearchEngine
+from clip_search.errors import InvalidImageError
 from tests.conftest import ROOT, make_settings, shared_data
 
 GPS_IFD = 0x8825
@@ -157,6 +158,50 @@ def test_memory_stays_bounded_while_giants_are_refused(tmp_path: Path, tiny_mode
         assert fig["status"] == "rejected", name
         # Refused from the header: decoding would need ~300 MB (100 MP RGB) or ~900 MB (the bomb as L).
         assert fig["peak_growth_mb"] < 50, (name, fig)
+
+
+_MEASURE_QUERY = """
+import json, resource, sys
+from pathlib import Path
+from clip_search.engine import SearchEngine
+from clip_search.errors import InvalidImageError
+from tests.conftest import make_settings
+engine = SearchEngine(make_settings(Path(sys.argv[1]), Path(sys.argv[2])))
+engine.encoder.warm_up()
+data = Path(sys.argv[3]).read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    engine.search_image(data, 3)
+    message = None
+except InvalidImageError as exc:
+    message = str(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"message": message, "peak_growth_mb": (after - before) / 1024}))
+"""
+
+
+def test_a_query_image_is_held_to_the_upload_limits_before_decoding(tmp_path: Path, tiny_model_dir: Path):
+    """/search_image takes a visitor's file: 88 megapixels of grey PNG (~110 KB) would cost GBs to decode."""
+    _made_in_child(tmp_path, "grey.png", "Image.new('L', (9400, 9400), 128).save(sys.argv[1], optimize=True)")
+    args = [str(tmp_path / "data"), str(tiny_model_dir), str(tmp_path / "grey.png")]
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE_QUERY, *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    figure = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figure["message"] == "image too large: 9400x9400 is 88.4 megapixels (limit 40.0)", figure
+    assert figure["peak_growth_mb"] < 50, figure  # decoding would need ~88 MB as L, ~265 MB as RGB
+
+
+def test_a_query_image_is_held_to_the_upload_formats_and_size(uploads: SearchEngine, photo, tmp_path: Path):
+    gif = _save(photo, "GIF")
+    with pytest.raises(InvalidImageError, match=r"not a supported image format \(accepted: JPEG, PNG, WEBP, HEIF\)"):
+        uploads.search_image(gif)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + b"\x00" * uploads.settings.upload.max_bytes)
+    for query in (big, big.read_bytes()):
+        with pytest.raises(InvalidImageError, match=r"file too large \(20.0 MiB; the limit is 20 MiB\)"):
+            uploads.search_image(query)
+    assert uploads.search_image(_save(photo, "PNG")) == []  # an allowed format is searched (empty collection)
 
 
 def test_size_limit_is_checked_before_decoding(uploads: SearchEngine):

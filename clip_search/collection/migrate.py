@@ -23,6 +23,7 @@ import numpy as np
 from clip_search.collection.collection import Collection
 from clip_search.collection.records import NewImage, is_sha256
 from clip_search.config import Settings
+from clip_search.encoder import model_label
 from clip_search.errors import ModelMismatchError, NotFoundError
 from clip_search.store import ImageStore
 
@@ -58,8 +59,8 @@ def _migrate_sqlite(path: Path, collection: Collection, *, skip: set[str] | None
         has_rows = conn.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None
         if has_rows and model not in (None, collection.model):
             raise ModelMismatchError(
-                f"the old catalog {path.name} was indexed with model '{model}', not the configured "
-                f"'{collection.model_id}': set model.id to that model to migrate it"
+                f"the old catalog {path.name} was indexed with {model_label(model)}, not the configured "
+                f"'{collection.model_id}': set model.id (or CLIP_SEARCH_MODEL) to that model to migrate it"
             )
         return _add_all(collection, _sqlite_rows(conn, skip or set()))
     finally:

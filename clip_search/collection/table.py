@@ -23,6 +23,7 @@ from lancedb.index import BTree
 
 from clip_search.collection.records import ImageRecord, NewImage, is_sha256
 from clip_search.collection.sync import ids_and_vectors
+from clip_search.encoder import model_label
 from clip_search.errors import CatalogError, ModelMismatchError, StorageError
 from clip_search.memory import limit_malloc_arenas
 
@@ -155,7 +156,8 @@ class CollectionTable:
         recorded = self.model
         if recorded is not None and recorded != model:
             raise ModelMismatchError(
-                f"this collection was indexed with model '{self.model_id or recorded}', but '{model_id}' is "
+                f"this collection was indexed with "
+                f"{f'model {self.model_id!r}' if self.model_id else model_label(recorded)}, but '{model_id}' is "
                 "configured: set model.id (or CLIP_SEARCH_MODEL) back to that model, or use another data_dir / "
                 "bucket prefix for a new collection"
             )

@@ -119,7 +119,13 @@ def add_commands(sub: Any) -> None:
         "report and writes it with JSON and a recall@k plot under --out-dir.",
     )
     ev.add_argument("dataset", type=Path, help="captions file, or folder (captioned or one sub-folder per class)")
-    ev.add_argument("--model", dest="sub_model", default=None, help="hub id or local directory (overrides model.id)")
+    ev.add_argument(
+        "--model",
+        dest="sub_model",
+        metavar="MODEL",
+        default=None,
+        help="hub id or local directory (overrides model.id)",
+    )
     ev.add_argument("--images", type=Path, default=None, help="folder of the captioned images (default: found)")
     ev.add_argument("--k", default="1,5,10", help="cut-offs for recall/precision (default 1,5,10)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate a seeded subset of N images")
@@ -143,7 +149,13 @@ def add_commands(sub: Any) -> None:
     )
     cl.add_argument("image", type=Path, help="image file")
     cl.add_argument("--labels", required=True, help='comma-separated labels, e.g. "cat,dog,car"')
-    cl.add_argument("--model", dest="sub_model", default=None, help="hub id or local directory (overrides model.id)")
+    cl.add_argument(
+        "--model",
+        dest="sub_model",
+        metavar="MODEL",
+        default=None,
+        help="hub id or local directory (overrides model.id)",
+    )
     cl.add_argument("--template", action="append", default=None, help="prompt template with {} (repeatable)")
     cl.add_argument("--json", action="store_true", help="print JSON")
     cl.set_defaults(func=cmd_classify)
