@@ -195,10 +195,31 @@ def _run(
     except KeyboardInterrupt:
         report.interrupted = True
         log.warning("interrupted: %d images committed; run again to finish", report.added)
+    except Exception as exc:
+        cause = _user_error(exc)
+        if cause is None:
+            raise
+        raise ClipSearchError(f"{cause} ({report.added} images committed; run again to go on)") from exc
     finally:
         report.seconds = time.perf_counter() - started
         report.finish(started)
     return report
+
+
+def _user_error(exc: BaseException) -> ClipSearchError | None:
+    """The project's own error under Ray's wrappers (a worker's store or model error), if that is what failed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)  # a RayTaskError: the worker's exception, without the traceback
+        if isinstance(inner, BaseException):
+            current = inner
+        elif isinstance(current, ClipSearchError):
+            return current
+        else:
+            current = current.__cause__ or current.__context__
+    return None
 
 
 def _embed_placement(ray: Any, options: RayOptions) -> tuple[int, int]:

@@ -54,7 +54,12 @@ def _folder(tmp_path: Path, name: str, photos: list[Path]) -> Path:
 
 
 def _env(cli_env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in cli_env.items() if not k.startswith("RAY_")}
+    """The CLI's environment: no RAY_ADDRESS of the user's; RAY_AUTH_MODE as ray.init set it here (token: the
+    CLI then reads the cluster's token from ~/.ray/auth_token, as any process joining it must)."""
+    env = {k: v for k, v in cli_env.items() if k != "RAY_ADDRESS"}
+    if os.environ.get("RAY_AUTH_MODE"):
+        env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
+    return env
 
 
 def _ingest(env: dict[str, str], source: str, *flags: str, check: bool = True) -> subprocess.CompletedProcess:
