@@ -187,6 +187,7 @@ def _run(
     signature = model_signature(settings.model.id, settings.model.revision)
     table.check_model(signature, settings.model.id)
     known = known_digests(table)
+    _warn_if_local_on_a_cluster(ray, settings, source)
     log.info("found %d image files in %s; the collection holds %d hashes", len(files), source, len(known))
     try:
         if files:
@@ -206,6 +207,27 @@ def _run(
     return report
 
 
+def _warn_if_local_on_a_cluster(ray: Any, settings: Settings, source: str) -> None:
+    """Workers on other nodes read and write their own disks: say so before they do."""
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    local = [
+        what
+        for what, is_local in (
+            ("source", not source.startswith("s3://")),
+            ("image store", settings.storage_backend == "local"),
+        )
+        if is_local
+    ]
+    if nodes > 1 and local:
+        log.warning(
+            "the %s %s on this machine's disk but the cluster has %d nodes: each node reads and writes its own "
+            "disk at that path; use an S3 bucket (s3://... and S3_BUCKET) or a folder mounted on every node",
+            " and ".join(local),
+            "are" if len(local) > 1 else "is",
+            nodes,
+        )
+
+
 def _user_error(exc: BaseException) -> ClipSearchError | None:
     """The project's own error under Ray's wrappers (a worker's store or model error), if that is what failed."""
     seen: set[int] = set()
@@ -223,17 +245,13 @@ def _user_error(exc: BaseException) -> ClipSearchError | None:
 
 
 def _embed_placement(ray: Any, options: RayOptions) -> tuple[int, int]:
-    """(actors, GPUs per actor): one GPU each when the cluster has GPUs, else one actor per node that uses every
-    core of it for torch (the CPU tasks that decode are short beside a forward pass)."""
+    """(actors, GPUs per actor): one GPU each when the cluster has GPUs, else as many actors as nodes, each using
+    all the cores of its machine for torch (the CPU tasks that decode are short beside a forward pass)."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
         return options.embed_actors or gpus, 1
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
     return options.embed_actors or max(1, len(nodes)), 0
-
-
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}  # CPU embedders: one per node, not all on the head
 
 
 def files_per_block(settings: Settings) -> int:
@@ -266,7 +284,6 @@ def _pipeline(ray: Any, settings: Settings, files: list[str], known: Any, captio
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=gpus,
-        ray_remote_args_fn=None if gpus else _spread,
     )
 
 

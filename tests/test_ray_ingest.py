@@ -169,9 +169,6 @@ def test_source_and_collection_in_a_bucket(ray_address, s3_server, cli_env, tiny
             assert engine.store.get(hit.key) == path.read_bytes()
     assert not (Path(cli_env["CLIP_SEARCH_DATA_DIR"]) / "images").exists()  # nothing on the driver's disk
 
-    again = json.loads(_ingest(env, f"s3://{bucket}/incoming", "--ray-address", ray_address, "--json").stdout)
-    assert (again["added"], again["already_indexed"]) == (0, 12)
-
 
 def test_bad_files_are_listed_on_a_local_runtime(cli_env, tmp_path):
     """No --ray-address: the CLI starts (and stops) a local Ray runtime of its own."""
@@ -216,3 +213,18 @@ def test_known_digests_lookup():
     digests = np.array(sorted(bytes.fromhex(h) for h in hashes[::2]), dtype="S32")
     assert all(is_known(digests, h) == (i % 2 == 0) for i, h in enumerate(hashes))
     assert not is_known(np.array([], dtype="S32"), hashes[0])
+
+
+def test_a_workers_own_error_reaches_the_user_as_one_message(ray_address):
+    from clip_search.ray_ingest import _user_error
+
+    def _fails_in_a_worker() -> None:  # defined here: shipped to the worker by value
+        from clip_search.errors import StorageError
+
+        raise StorageError("cannot write to the bucket: check S3_ENDPOINT_URL")
+
+    with pytest.raises(Exception) as failure:
+        ray.get(ray.remote(_fails_in_a_worker).remote())
+    found = _user_error(failure.value)
+    assert found is not None and str(found) == "cannot write to the bucket: check S3_ENDPOINT_URL"
+    assert _user_error(RuntimeError("something else")) is None
