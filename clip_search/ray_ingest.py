@@ -60,23 +60,20 @@ class RayIngestReport(IngestReport):
     """The plain report plus the pipeline's rate once it runs (Ray's start-up and the model loads excluded)."""
 
     startup_seconds: float = 0.0  # from the start to the first embedded batch
-    steady_rate: float = 0.0  # files per second after that
-    _first: tuple[float, int] | None = field(default=None, repr=False)
-    _done: int = field(default=0, repr=False)
+    steady_rate: float = 0.0  # files per second through the embedders after that
+    _times: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    def mark(self, files_done: int) -> None:
-        """Called as batches arrive (files done so far): the first one ends the start-up."""
-        if self._first is None:
-            self._first = (time.perf_counter(), files_done)
-        self._done = files_done
+    def mark(self, embedded_at: np.ndarray) -> None:
+        """The wall-clock times the embedders finished each row: the first one ends the start-up."""
+        self._times.append(np.asarray(embedded_at, dtype=np.float64))
 
-    def finish(self, started: float) -> None:
-        if self._first is None:
+    def finish(self, wall_started: float) -> None:
+        if not self._times:
             return
-        at, first = self._first
-        self.startup_seconds = at - started
-        after = time.perf_counter() - at
-        self.steady_rate = (self._done - first) / after if after > 0 else 0.0
+        at = np.concatenate(self._times)
+        first, last = float(at.min()), float(at.max())
+        self.startup_seconds = first - wall_started
+        self.steady_rate = float((at > first).sum()) / (last - first) if last > first else 0.0
 
     def summary(self) -> str:
         lines = super().summary().split("\n")
@@ -203,7 +200,7 @@ def _run(
         raise ClipSearchError(f"{cause} ({report.added} images committed; run again to go on)") from exc
     finally:
         report.seconds = time.perf_counter() - started
-        report.finish(started)
+        report.finish(time.time() - (time.perf_counter() - started))
     return report
 
 
@@ -303,13 +300,11 @@ def _consume(
     committed: set[str] = set()  # sha256 of the stored and original bytes committed by this run
     pending: list[NewImage] = []
     last = time.monotonic()
-    done = 0
     bar = tqdm(total=total, desc="ingest (ray)", unit="img", disable=not progress, smoothing=0.1)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             pending.extend(_tally(batch, report, committed))
-            done += batch.num_rows
-            report.mark(done)
+            report.mark(batch.column("embedded_at").to_numpy())
             bar.update(batch.num_rows)
             if pending and (len(pending) >= COMMIT_ROWS or time.monotonic() - last >= COMMIT_SECONDS):
                 _commit(table, pending, settings, signature, report)
@@ -325,7 +320,7 @@ def _tally(batch: Any, report: IngestReport, committed: set[str]) -> Iterator[Ne
     """The batch's new images (each photo once per run); known, duplicate and failed files counted."""
     from clip_search import ray_stages
 
-    rows = batch.drop_columns(["vector"]).to_pylist()
+    rows = batch.drop_columns(["vector", "embedded_at"]).to_pylist()
     vectors = ray_stages.vectors_of(batch)
     for row, vector in zip(rows, vectors, strict=True):
         if row["status"] == "known":

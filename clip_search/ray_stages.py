@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,8 @@ class Embedder:
             stack = np.stack([np.frombuffer(pixels[i], dtype=np.float32).reshape(self.shape) for i in rows])
             vectors[rows] = self.encoder.encode_pixels(stack)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim)
-        return batch.drop_columns(["pixels"]).append_column("vector", column)
+        done = pa.array(np.full(batch.num_rows, time.time()), type=pa.float64())  # the driver's steady rate
+        return batch.drop_columns(["pixels"]).append_column("vector", column).append_column("embedded_at", done)
 
 
 # -- the driver's side ---------------------------------------------------------------------------------------------
