@@ -32,24 +32,55 @@ def _engine(args: argparse.Namespace, *, load_model: bool = False):  # noqa: ANN
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from clip_search.ingest import ingest_folder, ingest_samples
-
     if not args.samples and args.path is None:
         raise ClipSearchError("give a folder to ingest, or --samples for the sample photos")
-    with _engine(args, load_model=True) as engine:
-        if args.samples:
-            report = ingest_samples(engine, progress=not args.quiet)
-        else:
-            report = ingest_folder(
-                engine, args.path, recursive=args.recursive, captions_file=args.captions, progress=not args.quiet
-            )
-        total = engine.count()
+    if args.ray or args.ray_address or args.ray_cpus:
+        report, total = _ingest_ray(args)
+    else:
+        if args.path and args.path.startswith("s3://"):
+            raise ClipSearchError("an s3:// source is read by the cluster ingest: add --ray")
+        from clip_search.ingest import ingest_folder, ingest_samples
+
+        with _engine(args, load_model=True) as engine:
+            if args.samples:
+                report = ingest_samples(engine, progress=not args.quiet)
+            else:
+                report = ingest_folder(
+                    engine,
+                    Path(args.path),
+                    recursive=args.recursive,
+                    captions_file=args.captions,
+                    progress=not args.quiet,
+                )
+            total = engine.count()
     if args.json:
         print(json.dumps(dict(report.to_dict(), collection_size=total)))
     else:
         print(report.summary())
         print(f"collection: {total} images")
     return 130 if report.interrupted else 0
+
+
+def _ingest_ray(args: argparse.Namespace):  # noqa: ANN202 - lazy imports keep --help fast
+    """``ingest SOURCE --ray``: the Ray Data pipeline (clip_search.ray_ingest); the model loads on the workers."""
+    from clip_search.ray_ingest import RayOptions, ingest_ray, require_ray
+
+    if args.samples:
+        raise ClipSearchError("--samples is a small local job: run it without --ray")
+    require_ray()
+    if args.model:
+        os.environ["CLIP_SEARCH_MODEL"] = args.model
+    if args.data_dir:
+        os.environ["CLIP_SEARCH_DATA_DIR"] = str(args.data_dir)
+    from clip_search.config import load_config
+    from clip_search.ray_ingest import collection_size
+
+    settings = load_config(args.config)
+    options = RayOptions(address=args.ray_address, num_cpus=args.ray_cpus, embed_actors=args.embed_actors)
+    report = ingest_ray(
+        settings, args.path, options, recursive=args.recursive, captions_file=args.captions, progress=not args.quiet
+    )
+    return report, collection_size(settings)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -102,12 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="index a folder of photos (re-runnable, resumable)")
-    ingest.add_argument("path", nargs="?", type=Path, help="folder (or one file) to ingest")
+    ingest.add_argument("path", nargs="?", help="folder (or one file) to ingest; with --ray also s3://bucket/prefix")
     ingest.add_argument("-r", "--recursive", action="store_true", help="include sub-folders")
     ingest.add_argument("--captions", type=Path, help="COCO captions JSON or image,caption CSV to attach")
     ingest.add_argument("--samples", action="store_true", help="ingest the sample photos shipped with scikit-image")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument("--ray", action="store_true", help="run on Ray Data (a local runtime, or --ray-address)")
+    ingest.add_argument("--ray-address", help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --ray)")
+    ingest.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray runtime (default: every core)")
+    ingest.add_argument("--embed-actors", type=int, help="model replicas (default: one per GPU, else one per node)")
     ingest.set_defaults(func=cmd_ingest)
 
     from clip_search.cli_query import add_search_command

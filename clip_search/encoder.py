@@ -143,6 +143,24 @@ def quantized_text_clone(model: Any) -> Any:
     return clone.eval()
 
 
+def processor_input_size(processor: Any) -> int:
+    """Side of the square a checkpoint's image processor produces (224 for siglip-base-patch16-224)."""
+    size = getattr(processor.image_processor, "size", None)
+    if isinstance(size, int):
+        return size
+    for name in ("height", "shortest_edge"):
+        value = size.get(name) if hasattr(size, "get") else getattr(size, name, None)
+        if value:
+            return int(value)
+    return 224
+
+
+def preprocess_with(processor: Any, image: Image.Image) -> np.ndarray:
+    """A processor's ``pixel_values`` (C, H, W) float32 for one RGB image: what :meth:`HFEncoder.preprocess` gives."""
+    pixels = processor.image_processor(image, return_tensors="np")["pixel_values"]
+    return np.asarray(pixels[0], dtype=np.float32)
+
+
 class HFEncoder:
     """SigLIP/CLIP through ``AutoModel``/``AutoProcessor``: a hub id or a local directory."""
 
@@ -289,14 +307,7 @@ class HFEncoder:
     def input_size(self) -> int:
         """Side of the square the vision tower sees (224 for siglip-base-patch16-224)."""
         self.load()
-        size = getattr(self._processor.image_processor, "size", None)
-        if isinstance(size, int):
-            return size
-        for name in ("height", "shortest_edge"):
-            value = size.get(name) if hasattr(size, "get") else getattr(size, name, None)
-            if value:
-                return int(value)
-        return 224
+        return processor_input_size(self._processor)
 
     @property
     def logit_scale(self) -> float | None:
@@ -358,8 +369,7 @@ class HFEncoder:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The model's own processor on one RGB image -> ``pixel_values`` (C, H, W) float32. Thread-safe."""
         self.load()
-        pixels = self._processor.image_processor(image, return_tensors="np")["pixel_values"]
-        return np.asarray(pixels[0], dtype=np.float32)
+        return preprocess_with(self._processor, image)
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         """Embed a (N, C, H, W) batch of preprocessed images."""

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +92,59 @@ def make_store(settings: Settings) -> ImageStore:
             raise ConfigError(f"S3 storage is configured but unavailable: {exc}") from exc
         return S3ImageStore.from_settings(settings)
     return LocalImageStore(settings.local_image_dir)
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    settings: Settings,
+    input_size: int,
+    preprocess: Callable[[Image.Image], np.ndarray],
+    source: str | None = None,
+    caption: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    reencode: bool = False,
+    formats: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+) -> PreparedImage:
+    """:meth:`SearchEngine.prepare` without an engine: the same rules where only the model's image processor is
+    at hand (the CPU workers of a cluster ingest, which never load the model)."""
+    max_side = settings.storage.web_copy_max_side
+    model_side = model_draft_side(input_size)
+    if max_side:
+        draft: int | None = max(max_side, model_side)
+    else:
+        draft = None if reencode else model_side  # a full-size re-encoded copy needs every pixel
+    decoded = decode_image(
+        data,
+        max_pixels=max_pixels or settings.ingest.max_pixels,
+        formats=tuple(formats) if formats else None,
+        draft_side=draft,
+    )
+    web = web_format(decoded.format)
+    too_big = bool(max_side) and max(decoded.width, decoded.height) > max_side
+    if web is not None and not reencode and not too_big:
+        stored, (ext, content_type) = data, web
+    else:
+        stored, ext, content_type = encode_web_copy(
+            decoded.image,
+            max_side=max_side,
+            quality=settings.storage.web_copy_quality,
+            lossless=decoded.format == "PNG",
+        )
+    return PreparedImage(
+        data=stored,
+        ext=ext,
+        content_type=content_type,
+        sha256=sha256_hex(stored),
+        source_sha256=sha256_hex(data),
+        width=decoded.width,
+        height=decoded.height,
+        pixels=preprocess(decoded.image),
+        source=source,
+        caption=caption,
+        metadata=dict(metadata or {}),
+    )
 
 
 class SearchEngine:
@@ -368,41 +421,17 @@ class SearchEngine:
         The original bytes are kept when a browser can show them, unless ``reencode`` (uploads: strips all
         metadata) or ``storage.web_copy_max_side`` asks for a clean or smaller copy.
         """
-        max_side = self.settings.storage.web_copy_max_side
-        model_side = model_draft_side(self.encoder.input_size)
-        if max_side:
-            draft: int | None = max(max_side, model_side)
-        else:
-            draft = None if reencode else model_side  # a full-size re-encoded copy needs every pixel
-        decoded = decode_image(
+        return prepare_image(
             data,
-            max_pixels=max_pixels or self.settings.ingest.max_pixels,
-            formats=tuple(formats) if formats else None,
-            draft_side=draft,
-        )
-        web = web_format(decoded.format)
-        too_big = bool(max_side) and max(decoded.width, decoded.height) > max_side
-        if web is not None and not reencode and not too_big:
-            stored, (ext, content_type) = data, web
-        else:
-            stored, ext, content_type = encode_web_copy(
-                decoded.image,
-                max_side=max_side,
-                quality=self.settings.storage.web_copy_quality,
-                lossless=decoded.format == "PNG",
-            )
-        return PreparedImage(
-            data=stored,
-            ext=ext,
-            content_type=content_type,
-            sha256=sha256_hex(stored),
-            source_sha256=sha256_hex(data),
-            width=decoded.width,
-            height=decoded.height,
-            pixels=self.encoder.preprocess(decoded.image),
+            settings=self.settings,
+            input_size=self.encoder.input_size,
+            preprocess=self.encoder.preprocess,
             source=source,
             caption=caption,
-            metadata=dict(metadata or {}),
+            metadata=metadata,
+            reencode=reencode,
+            formats=formats,
+            max_pixels=max_pixels,
         )
 
     def embed(self, items: Sequence[PreparedImage]) -> np.ndarray:

@@ -91,6 +91,18 @@ def _from_pretrained(model_id: str, **kwargs: Any) -> tuple[Any, Any]:
     return model, processor
 
 
+def load_processor(model_id: str, revision: str | None = None) -> Any:
+    """Only the checkpoint's processor (CPU workers that preprocess for a model they never load)."""
+    from transformers import AutoProcessor
+
+    path = Path(model_id).expanduser()
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    try:
+        return AutoProcessor.from_pretrained(str(path) if path.is_dir() else model_id, backend="pil", **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(model_id, f"its processor cannot be loaded ({_first_line(exc)})") from exc
+
+
 def _load_directory(model_id: str, path: Path) -> tuple[Any, Any]:
     try:
         return _from_pretrained(str(path), local_files_only=True)

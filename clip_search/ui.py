@@ -1480,8 +1480,7 @@ def _wire_api(ctx: _Context, search: _SearchTab, image: _ImageTab, api: _ApiOutp
 
     def show(results: Results, request: gr.Request | None) -> tuple[Any, ...]:
         marker = "" if results.confident else WEAK_MARKER
-        hits = [dict(hit, url=public_url(engine, hit["url"], request)) for hit in results.as_dicts()]
-        return results.message + marker, public_gallery(engine, results.gallery(), request), hits
+        return results.message + marker, public_gallery(engine, results.gallery(), request), results.as_dicts()
 
     @friendly
     def on_search(query: str, k: float | str, request: gr.Request) -> tuple[Any, ...]:
