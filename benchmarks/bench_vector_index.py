@@ -132,9 +132,10 @@ def _median_ms(search, queries: np.ndarray) -> float:
 
 def run_job(job: Job) -> dict:
     """In a fresh process: build the index from the stream, then measure memory, latency and answers."""
-    from clip_search.collection.vector_index import make_index, set_faiss_threads
+    from clip_search.collection.scan import set_search_threads
+    from clip_search.collection.vector_index import make_index
 
-    set_faiss_threads(job.threads)
+    set_search_threads(job.threads)
     result: dict = {"baseline_rss": _rss()}
     started = time.perf_counter()
     if job.kind == "flat":
@@ -371,7 +372,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--real", type=Path, help="an (n, dim) .npy of real-photo embeddings")
     parser.add_argument("--embed-imagenette", nargs=2, metavar=("MODEL_DIR", "OUT_NPY"))
     parser.add_argument("--limit", type=int, default=0, help="with --embed-imagenette: at most this many photos")
-    parser.add_argument("--threads", type=int, default=0, help="FAISS threads (0: FAISS's default)")
+    parser.add_argument("--threads", type=int, default=0, help="search threads (0: all cores)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 100_000
