@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only or figure.__name__ in args.only:
             log.info("measuring %s", figure.__name__)
             figure(ctx)
-    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    command = ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else "")
     block = table(ctx, command, started, (load, os.getloadavg()[0]))
     print(block)
     args.out.parent.mkdir(parents=True, exist_ok=True)

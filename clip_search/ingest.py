@@ -12,9 +12,7 @@ import csv
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ from tqdm.auto import tqdm
 from clip_search.engine import AddResult, PreparedImage, SearchEngine
 from clip_search.errors import ClipSearchError, InvalidImageError
 from clip_search.images import sha256_hex
-from clip_search.ingest_pipeline import BackgroundCommits, helper_pool
+from clip_search.ingest_pipeline import BackgroundCommits, lower_thread_priority
+from clip_search.prefetch import ordered_map
 from clip_search.report import IngestReport
 
 log = logging.getLogger(__name__)
@@ -123,27 +122,19 @@ def ingest_paths(
             batch.clear()
 
     window = max(2 * batch_size, 4 * workers)
-    pending: deque[Future[Work]] = deque()
+    prepared = ordered_map(
+        prepare, paths, workers=workers, window=window, name="decode", initializer=lower_thread_priority
+    )
     try:
-        with helper_pool(workers, "decode") as pool:
-            try:
-                for path in paths:
-                    pending.append(pool.submit(prepare, path))
-                    while len(pending) >= window or (pending and pending[0].done()):
-                        _collect(pending.popleft().result(), report, batch, bar, known)
-                        if len(batch) >= batch_size:
-                            embed_and_commit()
-                while pending:
-                    _collect(pending.popleft().result(), report, batch, bar, known)
-                    if len(batch) >= batch_size:
-                        embed_and_commit()
-                embed_and_commit()
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
-            finally:
-                commits.close()  # the batch in flight lands whole, even on Ctrl-C
+        try:
+            for result in prepared:
+                _collect(result, report, batch, bar, known)
+                if len(batch) >= batch_size:
+                    embed_and_commit()
+            embed_and_commit()
+        finally:
+            prepared.close()  # no decode thread outlives the loop, even on Ctrl-C
+            commits.close()  # the batch in flight lands whole
     except KeyboardInterrupt:
         report.interrupted = True
         log.warning("interrupted: %d images committed; run again to finish", report.added)

@@ -38,11 +38,6 @@ def lower_thread_priority(steps: int | None = None) -> None:
         log.debug("could not lower a helper thread's priority: %s", exc)
 
 
-def helper_pool(workers: int, name: str) -> ThreadPoolExecutor:
-    """A thread pool whose threads run below the model's priority."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=lower_thread_priority)
-
-
 class BackgroundCommits:
     """Store and commit each embedded batch on a helper thread while the model embeds the next one.
 
@@ -54,7 +49,7 @@ class BackgroundCommits:
     def __init__(self, engine: SearchEngine, on_committed: Callable[[list[AddResult]], None]) -> None:
         self._engine = engine
         self._on_committed = on_committed
-        self._pool = helper_pool(1, "commit")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="commit", initializer=lower_thread_priority)
         self._pending: Future[list[AddResult]] | None = None
 
     def submit(self, items: Sequence[PreparedImage], vectors: np.ndarray) -> None:

@@ -48,7 +48,8 @@ def test_quick_run_measures_every_figure_and_writes_the_table(tmp_path: Path, ti
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
     assert table in done.stdout
-    assert table.startswith("Measured ") and "1 round(s)" in table and "`python benchmarks/run.py --quick`" in table
+    assert table.startswith("Measured ") and "1 round(s)" in table
+    assert "`.venv/bin/python benchmarks/run.py --quick`" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(FIGURES) + 2  # plus one query and a batch at the second scan size
     for figure in FIGURES:
