@@ -3,9 +3,10 @@
 The flat index answers every query with :func:`scan_topk` over a zero-copy view of FAISS's own storage. Rows are
 read in blocks; each block's scores come from one BLAS call (a matrix-vector product for one query, a matrix
 product for a batch), and only the scores above each query's running k-th best leave the block, so selecting the
-top k costs a comparison per score, not a sort. One query is bound by memory bandwidth; a batch reads the rows
-once for all its queries, so a batch of 32 costs about one pass more than one query does (it is then bound by the
-floating-point rate: 2 x 32 flops per 4 bytes read).
+top k costs a comparison per score, not a sort. One query is bound by memory bandwidth. A batch reads the rows
+once for all its queries, but 32 queries do 16 flops per byte read, more than a CPU core computes at memory
+speed: a batch is bound by the floating-point rate (a few passes' time for 32 answers; benchmarks/bench_search.py
+measures both floors).
 
 Threads: :func:`set_search_threads` sets how many parts a scan is split into (each part on its own core, with
 BLAS itself kept to one thread so that parts and concurrent searches never oversubscribe the cores) and FAISS's
