@@ -7,7 +7,8 @@ Each figure is measured ``--rounds`` times (3; ``--quick``: 1, on smaller collec
 the same round, so the ratios hold on a shared, noisy machine; the table gives their median and spread
 (lowest-highest) and the absolute figures of the median round. The measurements are the bench_* scripts'
 own functions. Writes the Markdown table (with the date, the machine and the command) to stdout and to
-``--out``; ``--readme`` also replaces the table between its markers in the README.
+``--out``; ``--readme`` also replaces the table between its markers in the README. Each figure's rows are saved
+under ``--work`` as soon as it is measured: ``--resume`` goes on where an interrupted run stopped.
 
 The model is the base-architecture random SigLIP (``python -m clip_search.testing tiny-model DIR
 --base-architecture``, built once under ``--work``): its speed is siglip-base-patch16-224's, its results are
@@ -18,6 +19,7 @@ reused by later runs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -75,6 +77,7 @@ class Row:
     figure: str
     compares: str  # what the ratio divides by what
     target: str
+    measured_by: str = ""  # the figure function, so --resume knows what is done
     ratios: list[float] = field(default_factory=list)
     details: list[str] = field(default_factory=list)  # absolute figures, one per round
 
@@ -98,9 +101,12 @@ class Context:
     model: str
     work: Path
     rows: list[Row] = field(default_factory=list)
+    measuring: str = ""  # the figure function running now
+    spent_s: float = 0.0  # seconds spent measuring, over every invocation that made the rows
+    loads: list[float] = field(default_factory=list)  # load averages seen at the start and end of each figure
 
     def row(self, figure: str, compares: str, target: str) -> Row:
-        self.rows.append(Row(figure, compares, target))
+        self.rows.append(Row(figure, compares, target, self.measuring))
         return self.rows[-1]
 
     def collection(self, n: int) -> Path:
@@ -108,6 +114,29 @@ class Context:
         path = self.work / f"{Path(self.model).name}-{n}"
         bench_collection.fill(path, n, 0, self.model)
         return path
+
+    @property
+    def saved(self) -> Path:
+        """Where the rows measured so far are kept, so --resume goes on after an interruption."""
+        return self.work / "rows.json"
+
+    def save(self) -> None:
+        state = {"plan": self.plan.__dict__, "model": self.model, "spent_s": self.spent_s, "loads": self.loads}
+        state["rows"] = [row.__dict__ for row in self.rows]
+        self.saved.write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+    def resume(self) -> set[str]:
+        """Take the rows of an earlier, interrupted run of the same plan and model; returns the figures done."""
+        if not self.saved.exists():
+            return set()
+        state = json.loads(self.saved.read_text(encoding="utf-8"))
+        plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["plan"].items()})
+        if plan != self.plan or state["model"] != self.model:
+            log.info("%s is from another plan or model: measuring everything again", self.saved)
+            return set()
+        self.rows = [Row(**row) for row in state["rows"]]
+        self.spent_s, self.loads = state["spent_s"], state["loads"]
+        return {row.measured_by for row in self.rows}
 
 
 # -- the figures ---------------------------------------------------------------------------------------------------
@@ -267,17 +296,19 @@ def machine() -> str:
     )
 
 
-def table(ctx: Context, command: str, started: float, load: tuple[float, float]) -> str:
+def table(ctx: Context, command: str) -> str:
     header = ["figure", "ratio, median (spread)", "ratio is", "target", "absolute, median round", "GPU"]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; {ctx.plan.rounds} round(s), each ratio against its "
-        f"floor measured in the same round; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; "
-        f"{(time.perf_counter() - started) / 60:.0f} min. Command: `{command}`.",
+        f"floor measured in the same round; load average {min(ctx.loads):.1f}-{max(ctx.loads):.1f} while "
+        f"measuring; {ctx.spent_s / 60:.0f} min. Command: `{command}`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in ctx.rows]
+    order = [figure.__name__ for figure in FIGURES]
+    rows = sorted(ctx.rows, key=lambda row: order.index(row.measured_by))  # stable: sizes stay in order
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -309,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model directory (default: base-architecture random SigLIP)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clip-search-bench")
     parser.add_argument("--only", nargs="+", choices=[f.__name__ for f in FIGURES], help="measure only these")
+    parser.add_argument("--resume", action="store_true", help="keep the figures an interrupted run finished")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     plan = QUICK if args.quick else Plan()
@@ -317,13 +349,19 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # children
     ctx = Context(plan, args.model or base_model(args.work), args.work)
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    done = ctx.resume() if args.resume else set()
     for figure in FIGURES:
-        if not args.only or figure.__name__ in args.only:
-            log.info("measuring %s", figure.__name__)
-            figure(ctx)
+        if (args.only and figure.__name__ not in args.only) or figure.__name__ in done:
+            continue
+        log.info("measuring %s", figure.__name__)
+        started, ctx.measuring = time.perf_counter(), figure.__name__
+        ctx.loads.append(os.getloadavg()[0])
+        figure(ctx)
+        ctx.loads.append(os.getloadavg()[0])
+        ctx.spent_s += time.perf_counter() - started
+        ctx.save()
     command = ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else "")
-    block = table(ctx, command, started, (load, os.getloadavg()[0]))
+    block = table(ctx, command)
     print(block)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(block, encoding="utf-8")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import faiss
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from clip_search.collection.vector_index import (
     default_nlist,
     make_index,
 )
+from clip_search.faisslib import openblas_coretype
+from tests.conftest import ROOT
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -274,6 +280,34 @@ def test_flat_scan_allowed_equals_faiss_over_the_allowed_rows(many, threads, sha
     few = many["ids"][rows[:3]]
     scores, found = many["index"].search(queries, 10, allowed=few)
     assert found.shape == (nq, 3) and (np.sort(found, axis=1) == np.sort(few)).all()
+
+
+def test_openblas_kernels_follow_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd\n")
+    assert openblas_coretype(cpuinfo) == "SkylakeX"
+    cpuinfo.write_text("flags : fpu sse2 avx avx2 fma\n")
+    assert openblas_coretype(cpuinfo) == "Haswell"
+    cpuinfo.write_text("flags : fpu sse2 avx\n")
+    assert openblas_coretype(cpuinfo) is None
+    assert openblas_coretype(tmp_path / "missing") is None
+
+
+def test_faiss_blas_runs_kernels_made_for_this_cpu():
+    """The OpenBLAS inside faiss-cpu falls back to generic SSE3 kernels on CPUs newer than itself; clip_search
+    loads FAISS with the kernels this CPU's flags allow, and leaves OPENBLAS_CORETYPE as it found it."""
+    want = openblas_coretype()
+    if want is None:
+        pytest.skip("no AVX2 or AVX-512 flags in /proc/cpuinfo: OpenBLAS keeps its own choice")
+    code = (
+        "import os, clip_search.collection.vector_index\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print([i['architecture'] for i in threadpool_info() if i['user_api'] == 'blas' and 'faiss' in i['filepath']], "
+        "os.environ.get('OPENBLAS_CORETYPE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"['{want}'] None"
 
 
 # -- IVF -------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ speed: a batch is bound by the floating-point rate (a few passes' time for 32 an
 measures both floors).
 
 Threads: :func:`set_search_threads` sets how many parts a scan is split into (each part on its own core, with
-BLAS itself kept to one thread so that parts and concurrent searches never oversubscribe the cores) and FAISS's
+numpy's BLAS kept to one thread so that parts and concurrent searches never oversubscribe the cores) and FAISS's
 OpenMP threads (the IVF index). Both are process-wide, like FAISS's own setting.
 """
 
@@ -20,9 +20,11 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-import faiss
 import numpy as np
+
+from clip_search.faisslib import faiss
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,8 @@ def set_search_threads(threads: int) -> None:
     running at once each take their own core instead of fighting over BLAS's thread pool.
     """
     global _threads, _pool
-    from threadpoolctl import threadpool_limits
-
     wanted = threads if threads > 0 else os.cpu_count() or 1
-    threadpool_limits(limits=1, user_api="blas")
+    _numpy_blas_single_threaded()
     faiss.omp_set_num_threads(wanted)
     with _pool_lock:
         if wanted != _threads and _pool is not None:
@@ -53,6 +53,18 @@ def set_search_threads(threads: int) -> None:
             _pool = None
         _threads = wanted
     log.debug("searches use %d thread(s)", wanted)
+
+
+def _numpy_blas_single_threaded() -> None:
+    """One thread for every BLAS loaded but FAISS's own (the faiss-cpu wheel bundles one, which k-means, hence
+    IVF training, runs on: that one keeps FAISS's thread count)."""
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    others = [lib.filepath for lib in controller.lib_controllers if lib.user_api == "blas"]
+    others = [path for path in others if "faiss" not in Path(path).parent.name.lower()]
+    if others:
+        controller.select(filepath=others).limit(limits=1)
 
 
 def search_threads() -> int:

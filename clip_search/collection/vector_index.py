@@ -35,10 +35,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-import faiss
 import numpy as np
 
 from clip_search.collection.scan import scan_topk
+from clip_search.faisslib import faiss
 from clip_search.fileio import atomic_write_with
 
 log = logging.getLogger(__name__)
