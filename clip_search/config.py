@@ -44,7 +44,7 @@ class IndexSettings(_Section):
     nlist: int | None = Field(None, ge=1)
     nprobe: int = Field(16, ge=1)
     retrain_growth: float = Field(4.0, gt=1)
-    faiss_threads: int = Field(1, ge=0)
+    search_threads: int = Field(1, ge=0)
 
 
 class CollectionSettings(_Section):
