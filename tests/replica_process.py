@@ -19,6 +19,7 @@ from clip_search.engine import SearchEngine
 def main() -> None:
     settings = load_config()
     settings.upload.near_duplicate_threshold = 0.9999  # the tiny model's vectors are close to one another
+    settings.moderation.enabled = False  # the tiny model's probabilities mean nothing
     settings.collection.refresh_s = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     engine = SearchEngine(settings)
     engine.encoder.warm_up()

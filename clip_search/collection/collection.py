@@ -405,6 +405,12 @@ class Collection:
             ids, times = ids[keep], times[keep]
         return ids, times
 
+    def newest_ids(self, where: str, limit: int | None = None) -> list[int]:
+        """Ids of every row passing ``where``, hidden ones included (the operator's listings), newest first."""
+        ids, _ = self.matching(where, viewer=OPERATOR)
+        newest = ids[::-1]
+        return (newest if limit is None else newest[:limit]).tolist()
+
     def count(self, viewer: Viewer = PUBLIC_VIEWER) -> int:
         """How many images ``viewer`` may see (``len`` counts every row the index holds)."""
         blocked = self._hidden.blocked(viewer)
@@ -417,6 +423,10 @@ class Collection:
     def hidden(self, image_id: int) -> Hidden | None:
         """Whether an image is private or held (and its owner), or None for a public one."""
         return self._hidden.get(image_id)
+
+    def is_held(self, image_id: int) -> bool:
+        hidden = self._hidden.get(image_id)
+        return hidden is not None and hidden.visibility == HELD
 
     def visible(self, image_id: int, viewer: Viewer = PUBLIC_VIEWER) -> bool:
         return int(image_id) in self._known and self._hidden.visible(viewer, image_id)
@@ -569,7 +579,7 @@ class Collection:
         """Approve held images (each becomes public, or private when it has an owner); returns the ids changed.
         The table row is rewritten (the commit point); this process sees it at once, replicas at their refresh."""
         with self._commit_lock:
-            held = [int(i) for i in image_ids if (h := self._hidden.get(i)) is not None and h.visibility == HELD]
+            held = [int(i) for i in image_ids if self.is_held(i)]
             if not held:
                 return []
             version = self.table.approve(held)

@@ -302,13 +302,13 @@ class CollectionTable:
             return int(self._table.delete(_id_filter(image_ids)).version)
 
     def approve(self, image_ids: Sequence[int]) -> int:
-        """Held rows become public (private when they have an owner) in one transaction; returns the version."""
+        """Held rows become public, or private when they have an owner (one transaction each); returns the
+        version. Safe to repeat: only rows still held change."""
+        held = f"{_id_filter(image_ids)} AND visibility = '{HELD}'"
         with table_io("approving images"):
             self._table.checkout_latest()
-            self._table.update(
-                where=f"{_id_filter(image_ids)} AND visibility = '{HELD}'",
-                values_sql={"visibility": f"CASE WHEN owner_hash IS NULL THEN '{PUBLIC}' ELSE '{PRIVATE}' END"},
-            )
+            self._table.update(where=f"{held} AND owner_hash IS NULL", values={"visibility": PUBLIC})
+            self._table.update(where=f"{held} AND owner_hash IS NOT NULL", values={"visibility": PRIVATE})
             return int(self._table.version)
 
     def optimize(self, *, keep_versions_s: float) -> dict[str, Any]:
