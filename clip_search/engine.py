@@ -559,7 +559,7 @@ class SearchEngine:
 
     def delete_many(self, image_ids: Sequence[int]) -> list[ImageRecord]:
         """Remove several images in one commit (missing ids ignored), then their bytes; returns the rows removed."""
-        records = self.collection.remove_many([_as_id(i) for i in image_ids])
+        records = self.collection.remove_many([int(i) for i in image_ids if _is_id(i)])
         for record in records:
             try:
                 self.store.delete(record.key)
@@ -616,6 +616,14 @@ class SearchEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_id(image_id: object) -> bool:
+    try:
+        _as_id(image_id)
+    except NotFoundError:
+        return False
+    return True
 
 
 def _as_id(image_id: object) -> int:
