@@ -26,5 +26,9 @@ def flag_listed(image: bytes, content_type: str) -> bool:
     return listed.exists() and size_of(image) in listed.read_text().split()
 
 
+def flag_everything(image: bytes, content_type: str) -> bool:
+    return True
+
+
 def broken(image: bytes, content_type: str) -> bool:
     raise RuntimeError("the classifier service is down")

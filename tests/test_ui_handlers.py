@@ -253,6 +253,52 @@ def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine
     assert engine.get(added_id).caption == "my caption"
 
 
+def test_private_uploads_get_a_key_and_every_added_photo_a_code(engine: SearchEngine, photos: list[Path]):
+    outcome = uploads.upload_files(engine, [str(photos[11]), str(photos[12])], None, private=True, key="  ")
+    key = outcome.visitor_key
+    rows = outcome.as_dicts()
+    assert key and len(key) == 22 and all(row["visitor_key"] == key for row in rows)
+    assert [row["visibility"] for row in rows] == ["private", "private"] and outcome.count == 8  # not public
+    assert f"Your key for these private photos: `{key}`" in outcome.message and "shown only now" in outcome.message
+    assert all(f"`{row['delete_code']}`" in outcome.message for row in rows)
+    assert "searchable right away" not in outcome.message
+    assert len(outcome.added) == 2  # the uploader sees their own private photos
+    mine = uploads.upload_files(engine, [str(photos[13])], None, private=True, key="a passphrase of mine")
+    assert mine.visitor_key is None and "visitor_key" not in mine.as_dicts()[0]  # chosen: never repeated back
+    public = uploads.upload_files(engine, [str(photos[14])], None)
+    assert public.as_dicts()[0]["visibility"] == "public" and "visitor_key" not in public.as_dicts()[0]
+    code = public.as_dicts()[0]["delete_code"]
+    assert uploads.delete_mine(engine, code).startswith(f"Deleted image {public.results[0].id}:")
+    with pytest.raises(NotFoundError, match="no photo matches this delete code"):
+        uploads.delete_mine(engine, code)
+    with pytest.raises(ClipSearchError, match="paste the delete code"):
+        uploads.delete_mine(engine, "  ")
+
+
+def test_new_keys_and_delete_codes_are_rate_limited(engine: SearchEngine):
+    engine.settings.rate_limit.key_attempts_per_minute = 3
+    engine.settings.rate_limit.delete_attempts_per_minute = 2
+    gate = guard.Gate(engine)
+    assert gate.key(_request("192.0.2.9"), "") is None  # no key: nothing to count
+    for guess in ("first guess", "second guess", "third guess"):
+        assert gate.key(_request("192.0.2.9"), f" {guess} ") == guess
+    for _ in range(5):
+        gate.key(_request("192.0.2.9"), "second guess")  # a key this client already used costs nothing
+    with pytest.raises(guard.TooManyRequests, match="keys tried"):
+        gate.key(_request("192.0.2.9"), "fourth guess")
+    assert gate.key(_request("192.0.2.10"), "fourth guess") == "fourth guess"  # per client
+    gate.delete_code(_request("192.0.2.9"))
+    gate.delete_code(_request("192.0.2.9"))
+    with pytest.raises(guard.TooManyRequests):
+        gate.delete_code(_request("192.0.2.9"))
+    assert (
+        gate.client_id(_request("192.0.2.9"))
+        == gate.client_id(_request("192.0.2.9"))
+        != gate.client_id(_request("192.0.2.10"))
+    )
+    assert "192.0.2.9" not in gate.client_id(_request("192.0.2.9"))
+
+
 def test_upload_limits(engine: SearchEngine, photos: list[Path]):
     with pytest.raises(ClipSearchError, match="choose one or more") as info:
         uploads.upload_files(engine, [], None)
