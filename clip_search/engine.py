@@ -29,7 +29,16 @@ from clip_search.collection import Collection, ImageRecord, NewImage
 from clip_search.collection.location import open_collection
 from clip_search.collection.migrate import migrate_legacy
 from clip_search.collection.vector_index import set_faiss_threads
-from clip_search.collection.visibility import HELD, OPERATOR, PUBLIC_VIEWER, Viewer, owned_by, sql_text
+from clip_search.collection.visibility import (  # Viewer and the visibilities are the engine's API too
+    HELD,
+    OPERATOR,
+    PRIVATE,
+    PUBLIC,
+    PUBLIC_VIEWER,
+    Viewer,
+    owned_by,
+    sql_text,
+)
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import (
@@ -59,6 +68,21 @@ from clip_search.visitor_keys import delete_code_matches, normalized_key, owner_
 log = logging.getLogger(__name__)
 
 NO_SUCH_CODE = "no photo matches this delete code"
+
+__all__ = [
+    "HELD",
+    "OPERATOR",
+    "PRIVATE",
+    "PUBLIC",
+    "PUBLIC_VIEWER",
+    "AddResult",
+    "ImageRecord",
+    "PreparedImage",
+    "SearchEngine",
+    "SearchHit",
+    "Viewer",
+    "owned_by",
+]
 
 
 def make_store(settings: Settings) -> ImageStore:

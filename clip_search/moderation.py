@@ -49,7 +49,9 @@ class Moderator:
     def enabled(self) -> bool:
         return self.settings.enabled
 
-    def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
+    def prompt_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts' and neutral prompts' text vectors, embedded at the first call (the app calls it at start
+        when ``model.warm_up`` is on, so the first visitor's upload does not wait for them)."""
         if self._prompts is None:
             with self._lock:
                 if self._prompts is None:
@@ -59,7 +61,7 @@ class Moderator:
 
     def score(self, vector: np.ndarray) -> float:
         """The photo's score: the closest prompt's match probability, or its cosine margin (no probability)."""
-        prompts, neutral = self._vectors()
+        prompts, neutral = self.prompt_vectors()
         cosines = prompts @ np.asarray(vector, dtype=np.float32).reshape(-1)
         probabilities = self.encoder.probability(cosines)
         if probabilities is not None:

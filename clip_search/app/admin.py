@@ -7,8 +7,7 @@ import re
 from typing import Any
 
 from clip_search.app.text import collection_size, md_escape
-from clip_search.collection import ImageRecord
-from clip_search.engine import SearchEngine
+from clip_search.engine import ImageRecord, SearchEngine
 from clip_search.errors import ClipSearchError
 
 MAX_IDS = 1000  # ids in one admin request

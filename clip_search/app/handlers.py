@@ -24,8 +24,7 @@ from clip_search.app.text import (
     percent,
     plural_count,
 )
-from clip_search.collection.visibility import PUBLIC_VIEWER, Viewer
-from clip_search.engine import SearchEngine, SearchHit
+from clip_search.engine import PUBLIC_VIEWER, SearchEngine, SearchHit, Viewer
 from clip_search.errors import ClipSearchError, InvalidQueryError
 from clip_search.images import open_image
 from clip_search.search import Query

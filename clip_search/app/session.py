@@ -10,8 +10,7 @@ from typing import Any
 
 from clip_search.app.handlers import Kind
 from clip_search.app.text import HOW_TO_ADD, collection_size, display_source, hit_caption, md_escape, percent
-from clip_search.collection.visibility import PUBLIC_VIEWER, Viewer, owned_by
-from clip_search.engine import SearchEngine
+from clip_search.engine import PUBLIC_VIEWER, SearchEngine, Viewer, owned_by
 from clip_search.errors import ClipSearchError, EmptyQueryError
 from clip_search.search import Query, SearchPage
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from clip_search.access import RateLimiter
 from clip_search.app.text import collection_size, gradio_size, md_escape, mib, sentence
-from clip_search.collection.visibility import PRIVATE, PUBLIC
-from clip_search.engine import AddResult, SearchEngine
+from clip_search.engine import PRIVATE, PUBLIC, AddResult, SearchEngine
 from clip_search.errors import ClipSearchError
 from clip_search.visitor_keys import new_visitor_key, normalized_key
 

@@ -31,7 +31,7 @@ from clip_search.collection.filtered import FilteredIds
 from clip_search.collection.records import ImageRecord, NewImage
 from clip_search.collection.sync import Changes, FragmentTracker, iter_vectors
 from clip_search.collection.table import CollectionTable
-from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index
+from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index, member
 from clip_search.collection.visibility import (
     HELD,
     OPERATOR,
@@ -52,9 +52,6 @@ IVF_MIN_ROWS = 1_000  # below this an exact scan takes microseconds: the collect
 TRAIN_SAMPLE = 65_536
 ROW_CACHE_SIZE = 20_000
 TRIM_EVERY = 131_072  # rows loaded between hand-backs of freed read buffers (see clip_search.memory)
-# A search over-fetches this many hidden rows at most and drops them; a viewer blocked from more gets the allowed
-# ids instead (one filtered scan, like any filter).
-OVERFETCH_HIDDEN = 4096
 
 
 class RWLock:
@@ -110,14 +107,6 @@ def _unseen(ids: np.ndarray, known: set[int]) -> np.ndarray:
 
 def ids_none() -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
-
-
-def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """Mask of ``ids`` found in ``sorted_ids`` (binary search: O(n log m) for a few blocked ids among many)."""
-    if not len(sorted_ids) or not len(ids):
-        return np.zeros(len(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[pos] == ids
 
 
 class Collection:
@@ -371,25 +360,25 @@ class Collection:
     ) -> list[list[tuple[int, float]]]:
         """Top-k (image id, cosine) per query vector, best first, among the images ``viewer`` may see; ``where``
         (a Lance SQL condition on the rows) picks the images that compete before ranking, so k come back whenever k
-        images match. A few hidden rows are over-fetched and dropped; many are left out through the allowed ids."""
+        images match. The hidden rows the viewer may not see are left out by the index itself (see
+        :meth:`VectorIndex.search`'s ``blocked``)."""
         self.maybe_refresh()
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         blocked = self._hidden.blocked(viewer)
-        allowed = None
-        if where or len(blocked) > OVERFETCH_HIDDEN:
-            allowed, blocked = self.matching(where, viewer=viewer)[0], ids_none()
+        allowed = self.matching(where, viewer=viewer)[0] if where else None
         with self._lock.read():
             if self._index is None or len(self._index) == 0:
                 return [[] for _ in range(len(queries))]
             if queries.shape[1] != self._index.dim:
                 raise ClipSearchError(f"query has {queries.shape[1]} dimensions, the collection {self._index.dim}")
-            scores, ids = self._index.search(queries, k + len(exclude) + len(blocked), allowed=allowed)
+            scores, ids = self._index.search(
+                queries, k + len(exclude), allowed=allowed, blocked=None if where else blocked
+            )
         excluded = {int(i) for i in exclude}
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = (row_ids >= 0) & ~_member(row_ids, blocked)
             hits = [
-                (int(i), float(s)) for s, i in zip(row_scores[keep], row_ids[keep], strict=True) if i not in excluded
+                (int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0 and i not in excluded
             ]
             results.append(hits[:k])
         return results
@@ -401,7 +390,7 @@ class Collection:
         blocked = self._hidden.blocked(viewer)
         ids, times = self._filtered.get(self._current(), where)
         if len(blocked):
-            keep = ~_member(ids, blocked)
+            keep = ~member(ids, blocked)
             ids, times = ids[keep], times[keep]
         return ids, times
 
@@ -523,9 +512,11 @@ class Collection:
             return []
         with self._commit_lock:
             new: dict[int, NewImage] = {}  # position -> image
+            taken: set[int] = set()
             for pos, img in enumerate(images):
-                if img.id not in self._known and all(other.id != img.id for other in new.values()):
+                if img.id not in self._known and img.id not in taken:  # a set: batches of thousands (migrations)
                     new[pos] = img
+                    taken.add(img.id)
             if new:
                 self._commit(list(new.values()))
         return [img.id if pos in new else None for pos, img in enumerate(images)]

@@ -59,6 +59,11 @@ class HiddenRows:
         self._rows = dict(rows or {})
         self._all = np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))
         self._all.sort()
+        owned: dict[str, list[int]] = {}
+        for image_id, hidden in self._rows.items():
+            if hidden.visibility == PRIVATE and hidden.owner_hash is not None:
+                owned.setdefault(hidden.owner_hash, []).append(image_id)
+        self._private_of = {owner: np.unique(np.asarray(ids, dtype=np.int64)) for owner, ids in owned.items()}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -82,10 +87,10 @@ class HiddenRows:
         """The ids (sorted int64) ``viewer`` may not see."""
         if viewer.sees_all or not len(self._all):
             return self._all[:0] if viewer.sees_all else self._all
-        if not viewer.owners:
+        mine = [self._private_of[owner] for owner in viewer.owners if owner in self._private_of]
+        if not mine:
             return self._all
-        visible = [i for i, h in self._rows.items() if viewer.sees(h.visibility, h.owner_hash)]
-        return np.setdiff1d(self._all, np.asarray(visible, dtype=np.int64), assume_unique=True)
+        return np.setdiff1d(self._all, np.concatenate(mine), assume_unique=len(mine) == 1)
 
     def visible(self, viewer: Viewer, image_id: int) -> bool:
         hidden = self._rows.get(int(image_id))
