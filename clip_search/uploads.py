@@ -27,7 +27,6 @@ from clip_search.adding import AddResult, PreparedImage, UploadFields, duplicate
 from clip_search.collection.records import owned_image_id
 from clip_search.collection.visibility import HELD, PRIVATE, PUBLIC, PUBLIC_VIEWER, owned_by
 from clip_search.errors import InvalidImageError
-from clip_search.moderation import Verdict
 from clip_search.store import private_key
 from clip_search.visitor_keys import new_delete_code, normalized_key, owner_hash
 
@@ -67,8 +66,7 @@ def upload_photo(
         )
     except InvalidImageError as exc:
         return AddResult("rejected", f"{name}: {exc}", source=name)
-    prepared = replace(prepared, upload=_fields(owner, client))
-    existing = _exact_copy(engine, prepared, name)
+    existing = _exact_copy(engine, prepared, name, owner)
     if existing is not None:
         return existing
     vector = engine.embed([prepared])
@@ -78,7 +76,14 @@ def upload_photo(
     if verdict is not None and verdict.flagged and engine.settings.moderation.action == "reject":
         log.info("an upload was refused by the content check (score %.3f)", verdict.score)
         return AddResult("rejected", f"{name}: refused by this site's content check", source=name)
-    return _add(engine, prepared, vector, verdict, name)
+    held = verdict is not None and verdict.flagged
+    fields = UploadFields(
+        visibility=HELD if held else PRIVATE if owner else PUBLIC,
+        owner_hash=owner,
+        client_id=client,
+        moderation_score=verdict.score if verdict is not None else None,
+    )
+    return _add(engine, prepared, vector, fields, name)
 
 
 def _owner(engine: SearchEngine, owner_key: str | None) -> tuple[str | None, str | None]:
@@ -97,26 +102,22 @@ def _owner(engine: SearchEngine, owner_key: str | None) -> tuple[str | None, str
     return owner_hash(key), None
 
 
-def _fields(owner: str | None, client: str | None) -> UploadFields:
-    return UploadFields(visibility=PRIVATE if owner else PUBLIC, owner_hash=owner, client_id=client)
-
-
-def _exact_copy(engine: SearchEngine, prepared: PreparedImage, name: str) -> AddResult | None:
-    existing = engine.collection.find_by_sha256(prepared.sha256, prepared.source_sha256, owner_hash=prepared.owner_hash)
+def _exact_copy(engine: SearchEngine, prepared: PreparedImage, name: str, owner: str | None) -> AddResult | None:
+    existing = engine.collection.find_by_sha256(prepared.sha256, prepared.source_sha256, owner_hash=owner)
     return None if existing is None else duplicate_result(existing, name, prefix=f"{name}: ")
 
 
 def _add(
-    engine: SearchEngine, prepared: PreparedImage, vector: np.ndarray, verdict: Verdict | None, name: str
+    engine: SearchEngine, prepared: PreparedImage, vector: np.ndarray, fields: UploadFields, name: str
 ) -> AddResult:
-    """Near-duplicate check, then the commit with the upload's columns; the result names what happened."""
+    """Near-duplicate check, then the commit with the upload's columns and a new delete code's hash."""
     limits = engine.settings.upload
-    owner = prepared.owner_hash
+    owner = fields.owner_hash
     viewer = owned_by(owner) if owner else PUBLIC_VIEWER
     nearest = engine.collection.search(vector, 1, viewer=viewer)[0]
     near = nearest[0] if nearest and nearest[0][1] >= limits.near_duplicate_threshold else None
     if near is not None:
-        existing = _exact_copy(engine, prepared, name)  # the same photo may have landed meanwhile
+        existing = _exact_copy(engine, prepared, name, owner)  # the same photo may have landed meanwhile
         if existing is not None:
             return existing
         if limits.near_duplicate_action == "reject":
@@ -126,14 +127,8 @@ def _add(
                 duplicate_of=near[0],
                 source=name,
             )
-    held = verdict is not None and verdict.flagged
     code, code_hash = new_delete_code(owned_image_id(prepared.sha256, owner))
-    upload = replace(
-        prepared.upload,  # type: ignore[arg-type]
-        visibility=HELD if held else prepared.upload.visibility,  # type: ignore[union-attr]
-        delete_hash=code_hash,
-        moderation_score=verdict.score if verdict is not None else None,
-    )
+    upload = replace(fields, delete_hash=code_hash)
     stored = replace(prepared, upload=upload, store_key=private_key(prepared.ext) if owner else None)
     result = engine.commit([stored], vectors=vector)[0]
     if result.status != "added":
