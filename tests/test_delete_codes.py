@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from clip_search.bucket_sync import reindex_bucket
 from clip_search.engine import SearchEngine
 from clip_search.errors import NotFoundError
 from clip_search.moderation import Moderator
@@ -74,6 +75,12 @@ def _take_back_everywhere(engine: SearchEngine, replica: Replica) -> None:
     engine.approve([held.id])
     assert replica.ask(wait_count=2, timeout=Replica.REFRESH_S + 5)["count"] == 2
     assert replica.ask(find=str(photos[3]))["id"] == held.id
+
+    # A private photo's bytes left without their row (a crash between the two) are never indexed as public.
+    engine.collection.remove(private.id)
+    assert engine.store.exists(private.key)
+    report = reindex_bucket(engine)
+    assert report.indexed == 0 and engine.count(engine.viewer(KEY)) == 2
 
 
 def test_a_delete_code_takes_a_photo_back_everywhere_on_local_storage(cli_env, tiny_model_dir):
