@@ -77,6 +77,8 @@ def serve(settings: Settings) -> None:
         log.info("loading the model %s", settings.model.id)
         encoder.warm_up()
     engine = SearchEngine(settings, encoder=encoder)
+    if settings.model.warm_up and engine.moderator.enabled and settings.moderation.prompts:
+        engine.moderator.prompt_vectors()  # the upload check's prompts, embedded once, before the first upload
     log.info("collection: %d images, store: %s", engine.count(), engine.store.describe())
     serve_local_images(engine)
     demo = build_app(engine)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m clip_search {ingest,search,info,delete} ...``."""
+"""Command line: ``python -m clip_search {ingest,search,info,delete,review,uploads,storage,eval,classify} ...``."""
 
 from __future__ import annotations
 
@@ -113,13 +113,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
-    with _engine(args) as engine:
-        record = engine.delete(args.id)
-    print(f"deleted image {record.id} ({record.key})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clip_search", description="Semantic image search (SigLIP + FAISS)."
@@ -149,12 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_search_command(sub, cmd_search)
 
-    info = sub.add_parser("info", help="collection size, model, store")
+    info = sub.add_parser("info", help="collection size (public, private, held), model, store")
     info.set_defaults(func=cmd_info)
 
-    delete = sub.add_parser("delete", help="remove an image (by id) from store, catalog and index")
-    delete.add_argument("id", type=int)
-    delete.set_defaults(func=cmd_delete)
+    from clip_search.cli_admin import add_commands as add_admin_commands
+
+    add_admin_commands(sub, _engine)  # review, uploads, delete
     from clip_search.cli_storage import add_commands as add_storage_commands
 
     add_storage_commands(sub)  # storage init|check|sync

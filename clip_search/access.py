@@ -46,6 +46,15 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         return wait
 
+    def waiting(self, client: str, cost: int = 1) -> float:
+        """The seconds ``client`` must wait before ``cost`` tokens are there (0.0: now), taking nothing."""
+        if self.per_minute <= 0:
+            return 0.0
+        with self._lock:
+            tokens, last = self._buckets.get(client, (float(self.per_minute), self._clock()))
+        tokens = min(float(self.per_minute), tokens + (self._clock() - last) * self._rate)
+        return 0.0 if tokens >= cost else (cost - tokens) / self._rate
+
     @staticmethod
     def message(wait: float, what: str = "requests") -> str:
         return f"Too many {what} from your address: try again in {max(1, math.ceil(wait))} s."

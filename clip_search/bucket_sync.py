@@ -1,6 +1,7 @@
 """``storage sync``: index the images in the bucket that the collection does not know (copied in by other tools).
 
-Each object is indexed as it is (no new web copy), under its own key when that is its content-hash key.
+Each object is indexed as it is (no new web copy), under its own key when that is its content-hash key. Private
+photos' objects (``images/private/``) are never indexed this way: one whose row is gone stays unseen.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from clip_search.engine import PreparedImage, SearchEngine
 from clip_search.errors import ClipSearchError, NotFoundError, StorageError
 from clip_search.images import sha256_hex, web_format
-from clip_search.store import IMAGE_PREFIX
+from clip_search.store import IMAGE_PREFIX, is_private_key
 
 
 @dataclass
@@ -45,6 +46,8 @@ def reindex_bucket(engine: SearchEngine, *, batch_size: int | None = None) -> Sy
             batch.clear()
 
     for key in engine.store.list_keys(IMAGE_PREFIX):
+        if is_private_key(key):
+            continue
         report.listed += 1
         if key in known_keys:
             report.already += 1

@@ -56,12 +56,13 @@ def add_search_command(sub: Any, handler: Callable[[argparse.Namespace], int]) -
     search.add_argument("-k", type=int, default=None, help="results per page")
     search.add_argument("--page", type=int, default=1, help="which page of k results (from 1)")
     search.add_argument("--json", action="store_true", help="print results as JSON")
+    search.add_argument("--key", help="a visitor key: also find the private photos uploaded with it")
     search.set_defaults(func=handler)
 
 
 def build_query(engine: SearchEngine, args: argparse.Namespace) -> Query:
     """The engine query the flags describe."""
-    query = engine.query()
+    query = engine.query(key=args.key)
     for text in args.query:
         term, weight = split_weight(text)
         query = query.plus(term, weight=weight)

@@ -115,9 +115,42 @@ class UploadSettings(_Section):
     near_duplicate_action: Literal["reject", "add"] = "reject"
 
 
+DEFAULT_MODERATION_PROMPTS = [
+    "an explicit photo of nudity or sexual activity",
+    "a photo of graphic violence, blood or gore",
+    "a photo of a dead or mutilated body",
+    "a photo of self-harm",
+    "a hateful symbol such as a swastika",
+]
+
+
+class ModerationSettings(_Section):
+    enabled: bool = True
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_MODERATION_PROMPTS))  # []: the hook alone
+    threshold: float = Field(0.1, gt=0, le=1)
+    margin: float = Field(0.02, ge=-2, le=2)
+    neutral_prompts: list[str] = Field(default_factory=lambda: ["a photo", "an everyday photo"], min_length=1)
+    action: Literal["hold", "reject"] = "hold"
+    hook: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+    @field_validator("prompts", "neutral_prompts")
+    @classmethod
+    def _no_blank_prompt(cls, value: list[str]) -> list[str]:
+        if any(not p.strip() for p in value):
+            raise ValueError("a prompt is empty")
+        return [p.strip() for p in value]
+
+
+class PrivacySettings(_Section):
+    allow_private: bool = True
+    min_passphrase_chars: int = Field(10, ge=1, le=200)
+
+
 class RateLimitSettings(_Section):
     searches_per_minute: int = Field(60, ge=0)
     uploads_per_minute: int = Field(10, ge=0)
+    key_attempts_per_minute: int = Field(20, ge=0)
+    delete_attempts_per_minute: int = Field(10, ge=0)
     trusted_proxy_header: str | None = None
     trusted_proxy_hops: int = Field(1, ge=1)
 
@@ -156,6 +189,8 @@ class Settings(_Section):
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
     upload: UploadSettings = UploadSettings()
+    moderation: ModerationSettings = ModerationSettings()
+    privacy: PrivacySettings = PrivacySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     app: AppSettings = AppSettings()
 

@@ -3,7 +3,11 @@
 It ties the pieces together: an :class:`Encoder` for text and images, a :class:`Collection` (the Lance table
 and the FAISS index derived from it) and an :class:`ImageStore`. Images enter through :meth:`SearchEngine.prepare`
 (decode, choose the bytes to store, preprocess for the model) and :meth:`SearchEngine.commit` (embed, store the
-bytes, then commit the row: the commit point).
+bytes, then commit the row: the commit point). A visitor's photo enters through :meth:`SearchEngine.upload`, which
+adds the rules for strangers: the content check, private photos and delete codes (see :mod:`clip_search.uploads`).
+
+Every read is for a viewer: the public unless a visitor key says otherwise (:meth:`SearchEngine.viewer`), so
+private and held photos never reach a search, a count or a lookup of someone who may not see them.
 """
 
 from __future__ import annotations
@@ -13,17 +17,28 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from clip_search.adding import AddResult, PreparedImage, duplicate_result, too_large
 from clip_search.collection import Collection, ImageRecord, NewImage
 from clip_search.collection.location import open_collection
 from clip_search.collection.migrate import migrate_legacy
 from clip_search.collection.scan import set_search_threads
+from clip_search.collection.visibility import (  # Viewer and the visibilities are the engine's API too
+    HELD,
+    OPERATOR,
+    PRIVATE,
+    PUBLIC,
+    PUBLIC_VIEWER,
+    Viewer,
+    owned_by,
+    sql_text,
+)
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import (
@@ -42,45 +57,32 @@ from clip_search.images import (
     sha256_hex,
     web_format,
 )
+from clip_search.moderation import Moderator
 from clip_search.search import Query, QueryRunner, SearchHit, SearchPage
 from clip_search.search.query import Part
-from clip_search.store import ImageStore, LocalImageStore, content_key
+from clip_search.store import ImageStore, LocalImageStore
+from clip_search.uploads import upload_photo
 from clip_search.urlfetch import fetch_url
+from clip_search.visitor_keys import delete_code_matches, normalized_key, owner_hash, parse_delete_code
 
 log = logging.getLogger(__name__)
 
+NO_SUCH_CODE = "no photo matches this delete code"
 
-@dataclass
-class PreparedImage:
-    """An image decoded and ready to embed, with the exact bytes that will be stored."""
-
-    data: bytes
-    ext: str
-    content_type: str
-    sha256: str  # of ``data``
-    source_sha256: str  # of the bytes we were given
-    width: int
-    height: int
-    pixels: np.ndarray  # the model's preprocessed input
-    source: str | None = None
-    caption: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return content_key(self.sha256, self.ext)
-
-
-@dataclass(frozen=True)
-class AddResult:
-    """What happened to one image offered to the collection."""
-
-    status: Literal["added", "duplicate", "rejected"]
-    message: str
-    id: int | None = None
-    key: str | None = None
-    duplicate_of: int | None = None
-    source: str | None = None
+__all__ = [
+    "HELD",
+    "OPERATOR",
+    "PRIVATE",
+    "PUBLIC",
+    "PUBLIC_VIEWER",
+    "AddResult",
+    "ImageRecord",
+    "PreparedImage",
+    "SearchEngine",
+    "SearchHit",
+    "Viewer",
+    "owned_by",
+]
 
 
 def make_store(settings: Settings) -> ImageStore:
@@ -165,6 +167,7 @@ class SearchEngine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.collection: Collection = open_collection(settings, model=self.encoder.name)
         migrate_legacy(settings, self.collection, self.store)
+        self.moderator = Moderator(settings.moderation, self.encoder)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_lock = threading.Lock()
         self._runner = QueryRunner(
@@ -181,12 +184,17 @@ class SearchEngine:
 
     # -- facts --------------------------------------------------------------------------------------------------
 
-    def count(self) -> int:
-        return len(self.collection)
+    def count(self, viewer: Viewer = PUBLIC_VIEWER) -> int:
+        """How many images ``viewer`` can find (the public by default)."""
+        return self.collection.count(viewer)
 
     def stats(self) -> dict[str, Any]:
+        """The operator's facts: public images, and how many are private or held for review."""
+        hidden = self.collection.hidden_counts()
         return {
             "images": self.count(),
+            "private": hidden["private"],
+            "held": hidden["held"],
             "model": self.settings.model.id,
             "model_signature": self.encoder.name,
             "dim": self.collection.dim,
@@ -194,15 +202,23 @@ class SearchEngine:
             "data_dir": str(self.settings.data_dir),
         }
 
-    def get(self, image_id: int) -> ImageRecord:
-        record = self.collection.get(_as_id(image_id))
+    def get(self, image_id: int, viewer: Viewer = PUBLIC_VIEWER) -> ImageRecord:
+        """An image ``viewer`` may see; a hidden one is "not found", exactly like a missing one."""
+        record = self.collection.get(_as_id(image_id), viewer)
         if record is None:
             raise NotFoundError(f"no image with id {image_id} in the collection")
         return record
 
-    def get_many(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
-        """Several images by id in one lookup (the app rebuilds a results page from ids); missing ones left out."""
-        return self.collection.get_many([_as_id(i) for i in image_ids])
+    def get_many(self, image_ids: Sequence[int], viewer: Viewer = PUBLIC_VIEWER) -> dict[int, ImageRecord]:
+        """Several images by id in one lookup (the app rebuilds a results page from ids); missing ones, and those
+        ``viewer`` may not see, left out."""
+        return self.collection.get_many([_as_id(i) for i in image_ids], viewer)
+
+    def viewer(self, key: str | None) -> Viewer:
+        """Who a request is for: the public, or the owner of a visitor key (whose private photos it also finds).
+        Any key is accepted: a key nobody uploaded with simply finds no private photo."""
+        key = normalized_key(key)
+        return owned_by(owner_hash(key)) if key else PUBLIC_VIEWER
 
     def image_url(self, key: str) -> str:
         """Where a browser fetches a stored image: a presigned URL, or a local file path the app serves."""
@@ -251,12 +267,13 @@ class SearchEngine:
         pil = image if isinstance(image, Image.Image) else self.decode_query(self._query_bytes(image)).image
         return self.encoder.encode_pixels(self.encoder.preprocess(pil)[None])[0]
 
-    def embed_part(self, part: Part) -> np.ndarray:
-        """The unit vector of one part of a query: a text, an image, an image URL or a collection image."""
+    def embed_part(self, part: Part, viewer: Viewer = PUBLIC_VIEWER) -> np.ndarray:
+        """The unit vector of one part of a query: a text, an image, an image URL or a collection image (one
+        ``viewer`` may see: someone else's private photo is "not found", like a missing one)."""
         if part.kind == "text":
             return self.embed_text(part.value)
         if part.kind == "id":
-            vector = self.collection.embedding(_as_id(part.value))
+            vector = self.collection.embedding(_as_id(part.value), viewer)
             if vector is None:
                 raise NotFoundError(f"no image with id {part.value} in the collection")
             return vector
@@ -286,13 +303,14 @@ class SearchEngine:
         url: str | None = None,
         id: int | None = None,
         weight: float = 1.0,
+        key: str | None = None,
     ) -> Query:
         """A query bound to this engine, to be narrowed and run: ``engine.query("beach").minus("people").run()``.
 
         With no argument it starts empty (add parts with ``.plus``/``.minus``, or browse with ``.where`` and
-        ``.sort_by("newest")``).
+        ``.sort_by("newest")``). With a visitor ``key`` it also finds that visitor's private photos.
         """
-        empty = Query(runner=self)
+        empty = Query(runner=self, viewer=self.viewer(key))
         if text is None and image is None and url is None and id is None:
             return empty
         return empty.plus(text, image=image, url=url, id=id, weight=weight)
@@ -305,7 +323,7 @@ class SearchEngine:
         """A query image decoded under the ``upload`` limits, or InvalidImageError saying which one it breaks."""
         limits = self.settings.upload
         if len(data) > limits.max_bytes:
-            raise InvalidImageError(_too_large(len(data), limits.max_bytes))
+            raise InvalidImageError(too_large(len(data), limits.max_bytes))
         return decode_image(
             data,
             max_pixels=limits.max_pixels,
@@ -321,32 +339,36 @@ class SearchEngine:
         try:
             size = Path(image).stat().st_size
             if size > limit:
-                raise InvalidImageError(_too_large(size, limit))
+                raise InvalidImageError(too_large(size, limit))
             return Path(image).read_bytes()
         except OSError as exc:
             raise InvalidImageError(f"cannot read the image: {exc.strerror or exc}") from None
 
-    def search_text(self, query: str, k: int | None = None) -> list[SearchHit]:
+    def search_text(self, query: str, k: int | None = None, *, key: str | None = None) -> list[SearchHit]:
         """Images best matching a text, with SigLIP's match probability."""
-        return self.search(self.query(query).limit(self.result_count(k))).hits
+        return self.search(self.query(query, key=key).limit(self.result_count(k))).hits
 
-    def search_image(self, image: bytes | str | Path | Image.Image, k: int | None = None) -> list[SearchHit]:
+    def search_image(
+        self, image: bytes | str | Path | Image.Image, k: int | None = None, *, key: str | None = None
+    ) -> list[SearchHit]:
         """Images most similar to a query image."""
-        return self.search(self.query(image=image).limit(self.result_count(k))).hits
+        return self.search(self.query(image=image, key=key).limit(self.result_count(k))).hits
 
-    def search_similar(self, image_id: int, k: int | None = None) -> list[SearchHit]:
+    def search_similar(self, image_id: int, k: int | None = None, *, key: str | None = None) -> list[SearchHit]:
         """ "More like this": neighbours of an image already in the collection, itself excluded."""
-        return self.search(self.query(id=_as_id(image_id)).limit(self.result_count(k))).hits
+        return self.search(self.query(id=_as_id(image_id), key=key).limit(self.result_count(k))).hits
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """Raw top-k (id, cosine) for many query vectors at once (evaluation, batch jobs)."""
+        """Raw top-k (id, cosine) of the public images for many query vectors at once (evaluation, batch jobs)."""
         return self.collection.search(vectors, k)
 
-    def _hits(self, ranked: Sequence[tuple[int, float]], with_probability: bool) -> list[SearchHit]:
+    def _hits(
+        self, ranked: Sequence[tuple[int, float]], with_probability: bool, viewer: Viewer = PUBLIC_VIEWER
+    ) -> list[SearchHit]:
         """Hits for ranked (id, score) pairs, in that order (an image deleted meanwhile is left out)."""
         if not ranked:
             return []
-        records = self.collection.get_many([i for i, _ in ranked])
+        records = self.collection.get_many([i for i, _ in ranked], viewer)
         probabilities = self.encoder.probability(np.array([s for _, s in ranked])) if with_probability else None
         hits = []
         for rank, (image_id, score) in enumerate(ranked):
@@ -366,6 +388,7 @@ class SearchEngine:
                     source=record.source,
                     metadata=record.metadata,
                     added_at=record.added_at,
+                    visibility=record.visibility,
                 )
             )
         return hits
@@ -448,7 +471,7 @@ class SearchEngine:
         for pos, (item, vector) in enumerate(zip(items, vectors, strict=True)):
             existing = self._find_stored(item)
             if existing is not None:
-                results[pos] = _duplicate(item, existing.id, existing.key)
+                results[pos] = duplicate_result(existing, item.source)
                 continue
             if item.sha256 in seen:
                 results[pos] = AddResult("duplicate", "same image twice in one batch", source=item.source)
@@ -468,6 +491,7 @@ class SearchEngine:
                     source=item.source,
                     caption=item.caption,
                     metadata=item.metadata,
+                    **(asdict(item.upload) if item.upload else {}),
                 )
                 for item, vector in new
             ]
@@ -475,10 +499,15 @@ class SearchEngine:
         for (item, _), new_id in zip(new, ids, strict=True):
             pos = seen[item.sha256]
             if new_id is None:  # another process added the same bytes in the meantime
-                existing = self.collection.find_by_sha256(item.sha256)
-                results[pos] = _duplicate(item, existing.id if existing else None, item.key)
+                if item.store_key:
+                    self.store.delete(item.key)  # our own copy under a fresh private key is nobody's
+                existing = self.collection.find_by_sha256(item.sha256, owner_hash=item.owner_hash)
+                results[pos] = duplicate_result(existing, item.source)
             else:
-                results[pos] = AddResult("added", "added", id=new_id, key=item.key, source=item.source)
+                visibility = item.upload.visibility if item.upload else None
+                results[pos] = AddResult(
+                    "added", "added", id=new_id, key=item.key, source=item.source, visibility=visibility
+                )
         return [results[pos] for pos in range(len(items))]
 
     def add_image(
@@ -497,89 +526,44 @@ class SearchEngine:
             return AddResult("rejected", str(exc), source=source)
         return self.commit([prepared])[0]
 
-    def upload(self, data: bytes, *, filename: str | None = None, caption: str | None = None) -> AddResult:
-        """A visitor's photo: validated under the ``upload`` limits, re-encoded without metadata, de-duplicated.
+    def upload(
+        self,
+        data: bytes,
+        *,
+        filename: str | None = None,
+        caption: str | None = None,
+        owner_key: str | None = None,
+        client: str | None = None,
+    ) -> AddResult:
+        """A visitor's photo: validated under the ``upload`` limits, re-encoded without metadata, de-duplicated,
+        checked (``moderation``), then public, or private to whoever holds ``owner_key``, or held for review.
+        ``client`` is the uploader's client id (see :func:`clip_search.visitor_keys.client_id`). An added photo's
+        result carries its delete code, given nowhere else (see :mod:`clip_search.uploads`).
 
         Never raises for bad input: a refused file comes back as ``rejected`` with a reason a person can read.
         Nothing of a rejected file is stored anywhere.
         """
-        limits = self.settings.upload
-        name = Path(filename).name if filename else "upload"
-        if len(data) > limits.max_bytes:
-            return AddResult("rejected", f"{name}: {_too_large(len(data), limits.max_bytes)}", source=name)
-        text = " ".join((caption or "").split())[: limits.max_caption_chars] or None
-        try:
-            prepared = self.prepare(
-                data,
-                source="upload",
-                caption=text,
-                metadata={"filename": name},
-                reencode=not limits.keep_metadata,
-                formats=limits.formats,
-                max_pixels=limits.max_pixels,
-            )
-        except InvalidImageError as exc:
-            return AddResult("rejected", f"{name}: {exc}", source=name)
-        existing = self._exact_duplicate(prepared, name)
-        if existing is not None:
-            return existing
-        vector = self.embed([prepared])
-        nearest = self.collection.search(vector, 1)[0]
-        near = nearest[0] if nearest and nearest[0][1] >= limits.near_duplicate_threshold else None
-        if near is not None:
-            existing = self._exact_duplicate(prepared, name)  # the same photo may have landed meanwhile
-            if existing is not None:
-                return existing
-        if near is not None and limits.near_duplicate_action == "reject":
-            return AddResult(
-                "rejected",
-                f"{name}: near duplicate of image {near[0]} (similarity {near[1]:.3f}); not added",
-                duplicate_of=near[0],
-                source=name,
-            )
-        result = self.commit([prepared], vectors=vector)[0]
-        if result.status == "added":
-            note = f" (near duplicate of image {near[0]}, similarity {near[1]:.3f})" if near else ""
-            result = AddResult(
-                "added",
-                f"{name}: added as image {result.id}{note}",
-                id=result.id,
-                key=result.key,
-                duplicate_of=near[0] if near else None,
-                source=name,
-            )
-        else:
-            result = AddResult(
-                result.status,
-                f"{name}: {result.message}",
-                id=result.id,
-                key=result.key,
-                duplicate_of=result.duplicate_of,
-                source=name,
-            )
-        return result
+        return upload_photo(self, data, filename=filename, caption=caption, owner_key=owner_key, client=client)
 
     def _find_stored(self, item: PreparedImage) -> ImageRecord | None:
-        """The image whose stored or original bytes match ``item``'s (either hash), if the collection has it."""
-        return self.collection.find_by_sha256(item.sha256, item.source_sha256)
+        """The image whose stored or original bytes match ``item``'s (either hash), if the collection has it
+        among the rows ``item`` counts as a copy of (never a stranger's private photo)."""
+        return self.collection.find_by_sha256(item.sha256, item.source_sha256, owner_hash=item.owner_hash)
 
-    def _exact_duplicate(self, prepared: PreparedImage, name: str) -> AddResult | None:
-        existing = self._find_stored(prepared)
-        if existing is None:
-            return None
-        return AddResult(
-            "duplicate",
-            f"{name}: already in the collection as image {existing.id}",
-            id=existing.id,
-            key=existing.key,
-            duplicate_of=existing.id,
-            source=name,
-        )
-
-    def upload_many(self, files: Sequence[tuple[str | None, bytes]], *, caption: str | None = None) -> list[AddResult]:
+    def upload_many(
+        self,
+        files: Sequence[tuple[str | None, bytes]],
+        *,
+        caption: str | None = None,
+        owner_key: str | None = None,
+        client: str | None = None,
+    ) -> list[AddResult]:
         """Several uploads in one request, at most ``upload.max_files``; each file gets its own result."""
         limit = self.settings.upload.max_files
-        results = [self.upload(data, filename=name, caption=caption) for name, data in files[:limit]]
+        results = [
+            self.upload(data, filename=name, caption=caption, owner_key=owner_key, client=client)
+            for name, data in files[:limit]
+        ]
         results.extend(
             AddResult(
                 "rejected",
@@ -592,14 +576,59 @@ class SearchEngine:
 
     def delete(self, image_id: int) -> ImageRecord:
         """Remove an image's row (the commit point, seen by every replica), then its bytes from the store."""
-        record = self.collection.remove(_as_id(image_id))
-        if record is None:
+        deleted = self.delete_many([_as_id(image_id)])
+        if not deleted:
             raise NotFoundError(f"no image with id {image_id} in the collection")
-        try:
-            self.store.delete(record.key)
-        except ClipSearchError:
-            log.warning("image %s left in the store under %s; it is no longer indexed", image_id, record.key)
-        return record
+        return deleted[0]
+
+    def delete_many(self, image_ids: Sequence[int]) -> list[ImageRecord]:
+        """Remove several images in one commit (missing ids ignored), then their bytes; returns the rows removed."""
+        records = self.collection.remove_many([int(i) for i in image_ids if _is_id(i)])
+        for record in records:
+            try:
+                self.store.delete(record.key)
+            except ClipSearchError:
+                log.warning("image %s left in the store under %s; it is no longer indexed", record.id, record.key)
+        return records
+
+    def delete_mine(self, code: str | None) -> ImageRecord:
+        """An uploader takes a photo back with its delete code: from the store, the table and (through the table)
+        every replica. A wrong, malformed or someone else's code, and the code of a photo already gone, all get the
+        same NotFoundError. The code is compared hashed, in constant time, and never logged."""
+        parsed = parse_delete_code(code)
+        image_id, secret = parsed if parsed else (0, "")
+        stored = self.collection.delete_hash(image_id) if parsed else None
+        if not delete_code_matches(secret, stored):
+            raise NotFoundError(NO_SUCH_CODE)
+        deleted = self.delete_many([image_id])
+        if not deleted:  # deleted by someone else a moment ago
+            raise NotFoundError(NO_SUCH_CODE)
+        log.info("image %s deleted by its uploader", image_id)
+        return deleted[0]
+
+    # -- review and admin -----------------------------------------------------------------------------------------
+
+    def held(self, limit: int | None = None) -> list[ImageRecord]:
+        """Uploads waiting for review, newest first (the operator's view: ``python -m clip_search review``)."""
+        return self._records_in_order(self.collection.newest_ids(f"visibility = '{HELD}'", limit))
+
+    def approve(self, image_ids: Sequence[int]) -> list[int]:
+        """Held uploads become visible (public, or private to their owner); returns the ids approved."""
+        return self.collection.approve([_as_id(i) for i in image_ids])
+
+    def reject(self, image_ids: Sequence[int]) -> list[ImageRecord]:
+        """Held uploads are deleted (store and table); ids that are not held are left alone."""
+        return self.delete_many([i for i in map(_as_id, image_ids) if self.collection.is_held(i)])
+
+    def uploads(self, limit: int | None = 50, *, client: str | None = None) -> list[ImageRecord]:
+        """Visitors' uploads, newest first, whatever their visibility, with their moderation score and client id;
+        ``client`` keeps one uploader's."""
+        where = "source = 'upload'" + (f" AND client_id = {sql_text(client)}" if client else "")
+        return self._records_in_order(self.collection.newest_ids(where, limit))
+
+    def _records_in_order(self, image_ids: list[int]) -> list[ImageRecord]:
+        records = self.collection.get_many(image_ids, OPERATOR)
+        return [records[i] for i in image_ids if i in records]
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -613,19 +642,12 @@ class SearchEngine:
         self.close()
 
 
-def _duplicate(item: PreparedImage, existing_id: int | None, existing_key: str | None) -> AddResult:
-    return AddResult(
-        "duplicate",
-        f"already in the collection as image {existing_id}" if existing_id is not None else "already stored",
-        id=existing_id,
-        key=existing_key,
-        duplicate_of=existing_id,
-        source=item.source,
-    )
-
-
-def _too_large(size: int, limit: int) -> str:
-    return f"file too large ({size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB)"
+def _is_id(image_id: object) -> bool:
+    try:
+        _as_id(image_id)
+    except NotFoundError:
+        return False
+    return True
 
 
 def _as_id(image_id: object) -> int:

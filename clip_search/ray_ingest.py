@@ -134,8 +134,11 @@ def list_source(source: str, settings: Settings, *, recursive: bool) -> list[str
 
 def known_digests(table: CollectionTable) -> np.ndarray:
     """The table's stored and original sha256 as sorted raw 32-byte digests (shared with every worker as one
-    array: 64 MB for a million images, where a Python set of hex strings would be ~250 MB per worker)."""
-    hashes = table.hashes(table.latest())
+    array: 64 MB for a million images, where a Python set of hex strings would be ~250 MB per worker); of the
+    unowned rows, as the plain ingest skips them (a visitor's private photo never stops a public copy)."""
+    from clip_search.collection.visibility import same_owner_sql
+
+    hashes = table.hashes(table.latest(), where=same_owner_sql(None))
     return np.array(sorted(bytes.fromhex(h) for h in hashes), dtype="S32")
 
 

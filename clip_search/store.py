@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,21 @@ from clip_search.fileio import atomic_write, remove_stale_temp_files
 log = logging.getLogger(__name__)
 
 IMAGE_PREFIX = "images/"
+PRIVATE_PREFIX = IMAGE_PREFIX + "private/"  # never a content key: those have two hex characters of fan-out
 
 
 def content_key(sha256: str, ext: str) -> str:
     """``images/ab/<sha256>.<ext>``: two hex characters of fan-out keep folders and listings small."""
     return f"{IMAGE_PREFIX}{sha256[:2]}/{sha256}.{ext.lstrip('.').lower()}"
+
+
+def private_key(ext: str) -> str:
+    """``images/private/<128 random bits>.<ext>``: a private photo's key, which its content does not give away."""
+    return f"{PRIVATE_PREFIX}{secrets.token_hex(16)}.{ext.lstrip('.').lower()}"
+
+
+def is_private_key(key: str) -> bool:
+    return key.startswith(PRIVATE_PREFIX)
 
 
 class ImageStore(ABC):

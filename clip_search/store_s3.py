@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clip_search.errors import NotFoundError, StorageError
-from clip_search.store import IMAGE_PREFIX, ImageStore
+from clip_search.store import IMAGE_PREFIX, ImageStore, is_private_key
 
 if TYPE_CHECKING:
     from clip_search.config import S3Settings, Settings
@@ -36,6 +36,7 @@ PRESIGN_REUSE_FRACTION = 0.5
 PRESIGN_CACHE_SIZE = 10_000
 # Content-addressed objects never change: let browsers and CDNs keep them.
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+PRIVATE_CACHE_CONTROL = "private, max-age=31536000, immutable"  # a private photo: browsers only, no shared cache
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _CREDENTIAL_CODES = {
@@ -201,7 +202,8 @@ class S3ImageStore(ImageStore):
         """Store image bytes under a content-hash key; a re-put of a key already there is skipped."""
         if self.exists(key):
             return  # content-addressed: same key, same bytes
-        self.put_object(key, data, content_type, cache_control=IMMUTABLE_CACHE_CONTROL)
+        cache = PRIVATE_CACHE_CONTROL if is_private_key(key) else IMMUTABLE_CACHE_CONTROL
+        self.put_object(key, data, content_type, cache_control=cache)
 
     def get(self, key: str) -> bytes:
         return self.get_object(key)

@@ -27,6 +27,8 @@ rate_limit:
   uploads_per_minute: 1000
 model:
   warm_up: true
+moderation:
+  enabled: false  # the tiny random model's probabilities mean nothing; tests that need the check turn it on
 """
 
 

@@ -2,12 +2,13 @@
 
 ``python -m tests.replica_process`` reads settings from the environment (CLIP_SEARCH_CONFIG, CLIP_SEARCH_MODEL,
 CLIP_SEARCH_DATA_DIR, the S3 variables) exactly as the app does, and answers each command with one JSON line.
-Started with subprocess (a fresh interpreter, never a fork of a process that used lancedb).
+Started with subprocess (a fresh interpreter, never a fork of a process that used lancedb) by :class:`Replica`.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from clip_search.engine import SearchEngine
 def main() -> None:
     settings = load_config()
     settings.upload.near_duplicate_threshold = 0.9999  # the tiny model's vectors are close to one another
+    settings.moderation.enabled = False  # the tiny model's probabilities mean nothing
     settings.collection.refresh_s = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     engine = SearchEngine(settings)
     engine.encoder.warm_up()
@@ -29,19 +31,61 @@ def main() -> None:
             results = [engine.upload(Path(p).read_bytes(), filename=Path(p).name) for p in command["upload"]]
             answer = {"ids": [r.id for r in results], "status": [r.status for r in results]}
         elif "find" in command:
-            hits = engine.search_image(Path(command["find"]).read_bytes(), k=1)
+            hits = engine.search_image(Path(command["find"]).read_bytes(), k=1, key=command.get("key"))
             answer = {"id": hits[0].id if hits else None, "score": hits[0].score if hits else None}
         elif "delete" in command:
             answer = {"deleted": engine.delete(command["delete"]).id}
         elif "wait_count" in command:
+            viewer = engine.viewer(command.get("key"))
             deadline = time.monotonic() + command["timeout"]
-            while engine.count() != command["wait_count"] and time.monotonic() < deadline:
+            while engine.count(viewer) != command["wait_count"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            answer = {"count": engine.count(), "stats": engine.stats()["images"]}
+            answer = {"count": engine.count(viewer), "stats": engine.stats()["images"]}
         else:
             break
         print(json.dumps(answer), flush=True)
     engine.close()
+
+
+class Replica:
+    """An engine process answering JSON commands (this module run as a script), for tests."""
+
+    REFRESH_S = 1.0
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from tests.conftest import ROOT
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.replica_process", str(self.REFRESH_S)],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.read() == {"ready": True}
+
+    def send(self, **command: object) -> None:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        assert line, "the replica process died"
+        return json.loads(line)
+
+    def ask(self, **command: object) -> dict:
+        self.send(**command)
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 if __name__ == "__main__":

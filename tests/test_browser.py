@@ -7,6 +7,7 @@ script installs it); skipped without it, except under CI=true where that is a fa
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,6 +210,45 @@ def test_upload_a_photo_and_find_it(page, app: RunningApp, photos: list[Path]):
     details.wait_for(state="visible")
     text = details.inner_text()
     assert new_photo.name in text and "a photo uploaded from the browser" in text and "1.000" in text
+
+
+def test_a_private_photo_shows_only_with_its_key(page, browser, app: RunningApp, photos: list[Path]):
+    _open(page, app.url)
+    page.wait_for_function("() => /\\d+ images/.test(document.querySelector('#cs-header').innerText)")
+    public = re.search(r"(\d+) images", page.locator("#cs-header").inner_text()).group(0)
+    page.get_by_role("tab", name="Upload").click()
+    page.locator("#upload-files input[type=file]").set_input_files(str(photos[60]))
+    page.locator("#upload-caption textarea, #upload-caption input").first.fill("confidential")
+    page.locator("#upload-private input[type=checkbox]").check()
+    page.locator("#upload-button").click()
+    page.locator("#upload-status table").wait_for()
+    status = page.locator("#upload-status").inner_text()
+    key = re.search(r"Your key for these private photos: (\S+?)\.? Keep it", status).group(1)
+    assert "Added as private image" in status
+    _wait_images(page, "#upload-gallery", 1)  # its uploader sees it
+    page.wait_for_timeout(1000)  # the header's refresh after an upload
+    assert public in page.locator("#cs-header").inner_text()  # not counted among the public images
+    _shot(page, "upload-private")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # another visitor, later
+    try:
+        other = context.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        _open(other, app.url)
+        other.locator("#search-filters").get_by_text("Filters").click()
+        other.locator("#filter-caption textarea, #filter-caption input").first.fill("confidential")
+        _search(other, "a photo")
+        other.wait_for_function("() => document.querySelector('#search-status').innerText.includes('No results')")
+        assert "/images/private/" not in other.content()  # without the key: not even a link
+        other.locator("#search-private").get_by_text("Your private photos").click()
+        other.locator("#search-key input, #search-key textarea").first.fill(key)
+        _search(other, "a photo")
+        _wait_images(other, "#search-gallery", 1)
+        sources = other.eval_on_selector_all("#search-gallery img", "imgs => imgs.map((img) => img.src)")
+        assert len(sources) == 1 and "/images/private/" in sources[0]
+        _shot(other, "search-private")
+    finally:
+        context.close()
 
 
 def test_embedded_in_an_iframe(page, app: RunningApp):

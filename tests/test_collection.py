@@ -161,7 +161,7 @@ def test_table_schema_is_versioned(filled: SearchEngine):
     settings = filled.settings
     filled.close()
     ds = lance.dataset(str(settings.data_dir / "collection.lance"))
-    assert ds.schema.metadata[b"clip_search.schema_version"] == b"2"
+    assert ds.schema.metadata[b"clip_search.schema_version"] == b"3"
     meta = {k.decode(): v.decode() for k, v in ds.schema.metadata.items()}
     ds.update_schema_metadata({**meta, "clip_search.schema_version": "99"}, replace=True)
     with pytest.raises(CatalogError, match="newer"):

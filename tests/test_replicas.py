@@ -14,46 +14,8 @@ import pytest
 
 from clip_search.engine import SearchEngine
 from tests.conftest import ROOT, make_settings, shared_data
+from tests.replica_process import Replica
 from tests.s3server import s3_environment
-
-REFRESH_S = 1.0
-
-
-class Replica:
-    """An engine process answering JSON commands (tests/replica_process.py)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.replica_process", str(REFRESH_S)],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.read() == {"ready": True}
-
-    def send(self, **command: object) -> None:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        assert line, "the replica process died"
-        return json.loads(line)
-
-    def ask(self, **command: object) -> dict:
-        self.send(**command)
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def _photos(start: int, n: int) -> list[Path]:
@@ -72,13 +34,13 @@ def _two_replicas_upload_at_once(env_a: dict[str, str], env_b: dict[str, str]) -
             assert answer["status"] == ["added"] * 20, answer
             ids.update(zip(photos[name], answer["ids"], strict=True))
         for replica in replicas.values():  # each sees all 40 without a restart, within refresh_s + 1 s
-            assert replica.ask(wait_count=40, timeout=REFRESH_S + 1) == {"count": 40, "stats": 40}
+            assert replica.ask(wait_count=40, timeout=Replica.REFRESH_S + 1) == {"count": 40, "stats": 40}
             for path, image_id in ids.items():
                 hit = replica.ask(find=str(path))
                 assert hit["id"] == image_id and hit["score"] == pytest.approx(1.0, abs=1e-4)
         victim = photos["a"][3]
         assert replicas["b"].ask(delete=ids[victim]) == {"deleted": ids[victim]}  # a photo uploaded through A
-        assert replicas["a"].ask(wait_count=39, timeout=REFRESH_S + 1)["count"] == 39
+        assert replicas["a"].ask(wait_count=39, timeout=Replica.REFRESH_S + 1)["count"] == 39
         assert replicas["a"].ask(find=str(victim))["id"] != ids[victim]
     finally:
         for replica in replicas.values():

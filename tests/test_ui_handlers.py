@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clip_search.access import ADMIN_TOKEN_ENV, UPLOAD_TOKEN_ENV
-from clip_search.app import build, guard, handlers, text, uploads
+from clip_search.app import admin, build, guard, handlers, text, uploads
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError, EmptyQueryError, InvalidImageError, NotFoundError
 from clip_search.ingest import ingest_paths
@@ -181,8 +181,8 @@ def test_result_counts_are_clamped_or_refused_in_words(engine: SearchEngine):
 def test_ids_that_name_no_image_are_not_found(engine: SearchEngine, image_id: object):
     with pytest.raises(NotFoundError, match="no image with id"):
         handlers.more_like_this(engine, image_id, 3)
-    with pytest.raises(NotFoundError, match="no image with id"):
-        handlers.delete_image(engine, image_id)
+    with pytest.raises(ClipSearchError, match=r"no image with that id|whole numbers"):
+        admin.delete_images(engine, image_id)
 
 
 def test_image_urls_to_private_addresses_are_refused(engine: SearchEngine):
@@ -253,6 +253,52 @@ def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine
     assert engine.get(added_id).caption == "my caption"
 
 
+def test_private_uploads_get_a_key_and_every_added_photo_a_code(engine: SearchEngine, photos: list[Path]):
+    outcome = uploads.upload_files(engine, [str(photos[11]), str(photos[12])], None, private=True, key="  ")
+    key = outcome.visitor_key
+    rows = outcome.as_dicts()
+    assert key and len(key) == 22 and all(row["visitor_key"] == key for row in rows)
+    assert [row["visibility"] for row in rows] == ["private", "private"] and outcome.count == 8  # not public
+    assert f"Your key for these private photos: `{key}`" in outcome.message and "shown only now" in outcome.message
+    assert all(f"`{row['delete_code']}`" in outcome.message for row in rows)
+    assert "searchable right away" not in outcome.message
+    assert len(outcome.added) == 2  # the uploader sees their own private photos
+    mine = uploads.upload_files(engine, [str(photos[13])], None, private=True, key="a passphrase of mine")
+    assert mine.visitor_key is None and "visitor_key" not in mine.as_dicts()[0]  # chosen: never repeated back
+    public = uploads.upload_files(engine, [str(photos[14])], None)
+    assert public.as_dicts()[0]["visibility"] == "public" and "visitor_key" not in public.as_dicts()[0]
+    code = public.as_dicts()[0]["delete_code"]
+    assert uploads.delete_mine(engine, code).startswith(f"Deleted image {public.results[0].id}:")
+    with pytest.raises(NotFoundError, match="no photo matches this delete code"):
+        uploads.delete_mine(engine, code)
+    with pytest.raises(ClipSearchError, match="paste the delete code"):
+        uploads.delete_mine(engine, "  ")
+
+
+def test_new_keys_and_delete_codes_are_rate_limited(engine: SearchEngine):
+    engine.settings.rate_limit.key_attempts_per_minute = 3
+    engine.settings.rate_limit.delete_attempts_per_minute = 2
+    gate = guard.Gate(engine)
+    assert gate.key(_request("192.0.2.9"), "") is None  # no key: nothing to count
+    for guess in ("first guess", "second guess", "third guess"):
+        assert gate.key(_request("192.0.2.9"), f" {guess} ") == guess
+    for _ in range(5):
+        gate.key(_request("192.0.2.9"), "second guess")  # a key this client already used costs nothing
+    with pytest.raises(guard.TooManyRequests, match="keys tried"):
+        gate.key(_request("192.0.2.9"), "fourth guess")
+    assert gate.key(_request("192.0.2.10"), "fourth guess") == "fourth guess"  # per client
+    gate.delete_code(_request("192.0.2.9"))
+    gate.delete_code(_request("192.0.2.9"))
+    with pytest.raises(guard.TooManyRequests):
+        gate.delete_code(_request("192.0.2.9"))
+    assert (
+        gate.client_id(_request("192.0.2.9"))
+        == gate.client_id(_request("192.0.2.9"))
+        != gate.client_id(_request("192.0.2.10"))
+    )
+    assert "192.0.2.9" not in gate.client_id(_request("192.0.2.9"))
+
+
 def test_upload_limits(engine: SearchEngine, photos: list[Path]):
     with pytest.raises(ClipSearchError, match="choose one or more") as info:
         uploads.upload_files(engine, [], None)
@@ -275,13 +321,17 @@ def test_add_samples_fills_an_empty_collection_once(empty_engine: SearchEngine):
     assert "already holds" in handlers.add_samples(empty_engine)
 
 
-def test_delete_image(engine: SearchEngine):
-    hit = handlers.text_search(engine, "a cat", 1).hits[0]
-    assert "Deleted image" in handlers.delete_image(engine, hit.id) and engine.count() == 7
-    with pytest.raises(NotFoundError):
-        handlers.delete_image(engine, hit.id)
-    with pytest.raises(ClipSearchError, match="give the id"):
-        handlers.delete_image(engine, None)
+def test_delete_images(engine: SearchEngine):
+    hits = handlers.text_search(engine, "a cat", 3).hits
+    assert admin.delete_images(engine, hits[0].id).startswith(f"Deleted image {hits[0].id}.") and engine.count() == 7
+    with pytest.raises(ClipSearchError, match="no image with that id"):
+        admin.delete_images(engine, hits[0].id)
+    both = f"{hits[1].id}, {hits[2].id} {hits[0].id}"
+    assert admin.delete_images(engine, both).startswith(f"Deleted images {hits[1].id}, {hits[2].id} (1 not found).")
+    assert engine.count() == 5
+    for bad in (None, "", "12, x", "-3"):
+        with pytest.raises(ClipSearchError, match="ids"):
+            admin.delete_images(engine, bad)
 
 
 def test_public_stats_hide_paths(engine: SearchEngine):
@@ -332,20 +382,22 @@ def test_upload_token(engine: SearchEngine, monkeypatch):
     assert gate.upload(_request(), 1, "s3cret") == (1, 0.0)
 
 
-def test_admin_delete_needs_the_admin_token(engine: SearchEngine, monkeypatch):
+def test_admin_actions_need_the_admin_token(engine: SearchEngine, monkeypatch):
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
     gate = guard.Gate(engine)
     with pytest.raises(guard.NotAllowed, match="switched off"):
-        gate.delete(_request("192.0.2.1"), "anything")
+        gate.admin_action(_request("192.0.2.1"), "anything")
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "adm1n")
     with pytest.raises(guard.NotAllowed, match="admin token"):
-        gate.delete(_request("192.0.2.2"), "nope")
-    gate.delete(_request("192.0.2.2"), "adm1n")
-    for _ in range(3):
+        gate.admin_action(_request("192.0.2.2"), "nope")
+    for _ in range(10):  # the admin's own work is not slowed down
+        gate.admin_action(_request("192.0.2.2"), "adm1n")
+    for _ in range(4):
         with pytest.raises(guard.NotAllowed):
-            gate.delete(_request("192.0.2.2"), "guess")
-    with pytest.raises(guard.TooManyRequests):  # guessing is slowed down
-        gate.delete(_request("192.0.2.2"), "adm1n")
+            gate.admin_action(_request("192.0.2.2"), "guess")
+    with pytest.raises(guard.TooManyRequests):  # guessing is: out of tries, even the right token waits
+        gate.admin_action(_request("192.0.2.2"), "adm1n")
+    gate.admin_action(_request("192.0.2.3"), "adm1n")  # per client
 
 
 def test_errors_become_plain_messages_never_tracebacks(caplog):

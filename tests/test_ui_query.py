@@ -129,8 +129,23 @@ def test_session_state_is_small(engine: SearchEngine):
     """What a visitor's session keeps between rounds is the query and ids, never galleries or hit dicts."""
     state = session.run_state(engine, session.new_state("text", session.search_request("a dog", "people", k=11))).state
     state = session.mark(state, state["ids"][0], True)
-    assert set(state) == {"kind", "request", "image", "source", "ids", "scores", "probabilities", "next", "good", "bad"}
-    assert len(json.dumps(state)) < 1500
+    assert set(state) == {
+        "kind",
+        "request",
+        "image",
+        "source",
+        "owner",
+        "ids",
+        "scores",
+        "probabilities",
+        "next",
+        "good",
+        "bad",
+    }
+    assert len(json.dumps(state)) < 1500 and state["owner"] is None
+    keyed = session.new_state("text", session.search_request("a dog"), viewer=engine.viewer("a visitor's key"))
+    assert keyed["owner"] == next(iter(engine.viewer("a visitor's key").owners))  # its hash: never the key itself
+    assert "a visitor's key" not in json.dumps(keyed)
 
 
 def test_query_json_as_text_or_object(engine: SearchEngine, photos: list[Path]):

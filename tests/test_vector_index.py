@@ -511,3 +511,22 @@ def test_allowed_ids_compete_before_ranking(clusters, kind, share):
     np.testing.assert_allclose(scores, exact_scores(clusters, queries, found), atol=1e-5)
     _, few = index.search(queries, 10, allowed=clusters["ids"][:3])
     assert (np.sort(few[:, :3], axis=1) == np.sort(clusters["ids"][:3])).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_blocked_ids_never_compete(clusters, kind):
+    """Rows a viewer may not see (many of them: over the collection's over-fetch) are left out inside the scan:
+    the results equal brute force over the others."""
+    index = build_ivf(clusters) if kind == "ivf" else FlatIndex(64)
+    if kind == "flat":
+        index.add(clusters["ids"], clusters["vectors"])
+    rng = np.random.default_rng(4)
+    hidden = np.zeros(20_000, dtype=bool)
+    hidden[rng.choice(20_000, 5_000, replace=False)] = True
+    blocked = np.sort(np.concatenate([clusters["ids"][hidden], [10**12]]))  # an id the index lacks is harmless
+    queries = clusters["queries"][:20]
+    scores, found = index.search(queries, 10, blocked=blocked)
+    assert (found >= 0).all() and not np.isin(found, blocked).any()
+    _, truth = brute_force(clusters["ids"][~hidden], clusters["vectors"][~hidden], queries, 10)
+    assert recall(truth, found) >= (1.0 if kind == "flat" else 0.9)
+    np.testing.assert_allclose(scores, exact_scores(clusters, queries, found), atol=1e-5)

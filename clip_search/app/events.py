@@ -8,21 +8,22 @@ from typing import Any
 
 import gradio as gr
 
+from clip_search.app import admin
 from clip_search.app.components import scroll_into_view
 from clip_search.app.guard import NotAllowed, friendly
 from clip_search.app.handlers import (
     Results,
     add_samples,
     check_query_image,
-    delete_image,
     image_search,
     is_blank_id,
     load_query_image,
     more_like_this,
+    parse_query_json,
     run_query_json,
     text_search,
 )
-from clip_search.app.layout import ApiOutputs, Context, ImageTab, ResultsPanel, SearchTab, UploadTab
+from clip_search.app.layout import AdminPanel, ApiOutputs, Context, ImageTab, ResultsPanel, SearchTab, UploadTab
 from clip_search.app.routes import public_gallery, public_url
 from clip_search.app.session import (
     PageResults,
@@ -33,9 +34,10 @@ from clip_search.app.session import (
     run_state,
     search_request,
     state_gallery,
+    state_viewer,
 )
 from clip_search.app.text import WEAK_MARKER, describe_hit, md_escape, sentence
-from clip_search.app.uploads import discard_uploaded_copies, no_files_message, upload_files
+from clip_search.app.uploads import delete_mine, discard_uploaded_copies, no_files_message, upload_files
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError
 
@@ -74,10 +76,12 @@ def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
         orientation: str,
         sort: str,
         k: float,
+        key: str,
         request: gr.Request,
     ) -> tuple[Any, ...]:
-        """The Search tab: words, words to avoid, filters, an order; the first page of results."""
+        """The Search tab: words, words to avoid, filters, an order, a visitor key; the first page of results."""
         gate.search(request)
+        viewer = engine.viewer(gate.key(request, key))
         query = search_request(
             text,
             without,
@@ -89,7 +93,7 @@ def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
             sort=sort,
             k=engine.result_count(k),
         )
-        return _show_page(engine, run_state(engine, new_state("text", query)), request)
+        return _show_page(engine, run_state(engine, new_state("text", query, viewer=viewer)), request)
 
     outputs = _panel_outputs(tab.panel)
     options = {"api_visibility": "private", **ctx.search_queue}
@@ -175,11 +179,12 @@ def _wire_panel(ctx: Context, panel: ResultsPanel, k_input: gr.Slider, rerun_inp
         gate.search(request)
         if is_blank_id(image_id):
             raise ClipSearchError("click a result first, then “More like this”")
-        record = engine.get(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
+        viewer = state_viewer(state)  # the panel's own key: its owner's private photos stay findable
+        record = engine.get(image_id, viewer)  # type: ignore[arg-type]  # "no image with id ..." if not an id
         previous = (state or {}).get("request", {})
         query = {"parts": [{"id": record.id}], "k": engine.result_count(k)}
         query.update({key: previous[key] for key in ("filters", "sort") if key in previous})
-        fresh = new_state("similar", query, source=record.id)
+        fresh = new_state("similar", query, source=record.id, viewer=viewer)
         return _show_page(engine, run_state(engine, fresh), request, close_details=False)
 
     private = {"api_visibility": "private"}
@@ -281,11 +286,14 @@ def wire_api(ctx: Context, search: SearchTab, image: ImageTab, api: ApiOutputs) 
 
     @friendly
     def on_query(query: str | dict[str, Any] | None, image: str | None, request: gr.Request) -> dict[str, Any]:
-        """A whole query as JSON (text, minus, parts, like, unlike, filters, sort, k, page), with an optional
-        image: one page of results as JSON."""
+        """A whole query as JSON (text, minus, parts, like, unlike, filters, sort, k, page, and a visitor "key"),
+        with an optional image: one page of results as JSON."""
         gate.search(request)
         try:
-            return run_query_json(engine, query, image, url_for=lambda url: public_url(engine, url, request))
+            data = dict(parse_query_json(query))
+            seen_by = engine.viewer(gate.key(request, data.pop("key", None)))
+            url_for = lambda url: public_url(engine, url, request)  # noqa: E731
+            return run_query_json(engine, data, image, url_for=url_for, viewer=seen_by)
         finally:
             if image:
                 discard_uploaded_copies([image])
@@ -310,10 +318,13 @@ def wire_upload_tab(ctx: Context, tab: UploadTab, search: SearchTab, refresh: di
         files: list[str] | None,
         caption: str,
         token: str,
+        private: bool,
+        key: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[str, list[tuple[str, str]], list[dict[str, Any]]]:
-        """Add photos (JPEG, PNG, WebP, HEIC) to the collection, with an optional caption; a result per file."""
+        """Add photos (JPEG, PNG, WebP, HEIC) to the collection, with an optional caption; a result per file, with
+        its delete code. ``private``: only searches with ``key`` (generated when empty, and returned) find them."""
         files = list(files or [])
         if not files:
             raise ClipSearchError(no_files_message(engine))
@@ -326,6 +337,9 @@ def wire_upload_tab(ctx: Context, tab: UploadTab, search: SearchTab, refresh: di
                 allowed=allowed,
                 wait_s=wait,
                 on_progress=lambda done, total: progress(done / max(total, 1), desc=f"{done} of {total} photos"),
+                private=bool(private),
+                key=key,
+                client=gate.client_id(request),
             )
         finally:
             discard_uploaded_copies(files)  # what was kept is in the store; nothing of a refused file stays
@@ -339,14 +353,14 @@ def wire_upload_tab(ctx: Context, tab: UploadTab, search: SearchTab, refresh: di
         return add_samples(engine)
 
     @friendly
-    def on_delete(image_id: float | str | None, token: str, request: gr.Request) -> str:
-        """Admin only: delete an image (by id) from the collection and the store."""
-        gate.delete(request, token)
-        return delete_image(engine, image_id)
+    def on_delete_mine(code: str, request: gr.Request) -> str:
+        """Take back a photo you uploaded, with the delete code you were given: it is deleted everywhere."""
+        gate.delete_code(request)
+        return delete_mine(engine, code)
 
     event = tab.button.click(
         on_upload,
-        inputs=[tab.files, tab.caption, tab.token],
+        inputs=[tab.files, tab.caption, tab.token, tab.private, tab.key],
         outputs=[tab.status, tab.added, tab.results],
         api_name="upload",
         **ctx.upload_queue,
@@ -362,8 +376,78 @@ def wire_upload_tab(ctx: Context, tab: UploadTab, search: SearchTab, refresh: di
     search.samples_button.click(
         on_add_samples, outputs=[search.samples_status], api_name="add_samples", **ctx.upload_queue
     ).then(**refresh)
+    code, take, taken = tab.take_back
+    gr.on(
+        [take.click, code.submit],
+        on_delete_mine,
+        inputs=[code],
+        outputs=[taken],
+        api_name="delete_mine",
+        **ctx.upload_queue,
+    ).then(**refresh)
     if tab.admin is not None:
-        delete_id, admin_token, delete_button, delete_status = tab.admin
-        delete_button.click(
-            on_delete, inputs=[delete_id, admin_token], outputs=[delete_status], api_name="delete", **ctx.upload_queue
+        wire_admin(ctx, tab.admin, refresh)
+
+
+def wire_admin(ctx: Context, panel: AdminPanel, refresh: dict[str, Any]) -> None:
+    """The admin accordion and the admin endpoints (only where an admin token is set): ``/delete``, ``/approve``,
+    ``/reject`` (ids as "12, 31"), ``/review`` and ``/uploads`` (JSON lists)."""
+    engine, gate = ctx.engine, ctx.gate
+
+    def guarded(action: Any) -> Any:
+        @friendly
+        def run(ids: str, token: str, request: gr.Request) -> str:
+            gate.admin_action(request, token)
+            return action(engine, ids)
+
+        run.__doc__ = action.__doc__
+        return run
+
+    for button, name, action in (
+        (panel.delete, "delete", admin.delete_images),
+        (panel.approve, "approve", admin.approve_images),
+        (panel.reject, "reject", admin.reject_images),
+    ):
+        button.click(
+            guarded(action), inputs=[panel.ids, panel.token], outputs=[panel.status], api_name=name, **ctx.upload_queue
         ).then(**refresh)
+
+    @friendly
+    def on_held(token: str, request: gr.Request) -> str:
+        gate.admin_action(request, token)
+        return admin.uploads_table(engine.held(100), "No upload is waiting for review.")
+
+    @friendly
+    def on_newest(token: str, request: gr.Request) -> str:
+        gate.admin_action(request, token)
+        return admin.uploads_table(engine.uploads(100), "No uploads yet.")
+
+    private = {"api_visibility": "private", **ctx.search_queue}
+    panel.held.click(on_held, inputs=[panel.token], outputs=[panel.status], **private)
+    panel.newest.click(on_newest, inputs=[panel.token], outputs=[panel.status], **private)
+
+    @friendly
+    def review(token: str, limit: int = 100, request: gr.Request | None = None) -> list[dict[str, Any]]:
+        """Admin: the uploads held by the content check, newest first (id, added_at, visibility, moderation_score,
+        client_id, filename, caption)."""
+        gate.admin_action(request, token)
+        return admin.upload_rows(engine.held(_limit(limit)))
+
+    @friendly
+    def uploads(
+        token: str, limit: int = 50, client: str = "", request: gr.Request | None = None
+    ) -> list[dict[str, Any]]:
+        """Admin: the newest uploads with their visibility, moderation score and uploader's client id (``client``:
+        only that uploader's)."""
+        gate.admin_action(request, token)
+        return admin.upload_rows(engine.uploads(_limit(limit), client=(client or "").strip() or None))
+
+    for fn in (review, uploads):
+        gr.api(fn, api_name=fn.__name__, **ctx.search_queue)
+
+
+def _limit(limit: Any) -> int:
+    try:
+        return max(1, min(int(limit), 1000))
+    except (TypeError, ValueError):
+        raise ClipSearchError("the limit is a whole number from 1 to 1000") from None

@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +19,7 @@ from clip_search.access import ADMIN_TOKEN_ENV, UPLOAD_TOKEN_ENV, RateLimiter, c
 from clip_search.app.text import sentence
 from clip_search.engine import SearchEngine
 from clip_search.errors import CatalogError, ClipSearchError, NotFoundError, StorageError
+from clip_search.visitor_keys import client_id, normalized_key
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 GENERIC_ERROR = "Something went wrong on our side. Please try again in a moment."
 STORAGE_UNAVAILABLE = "The photo storage is unavailable right now. Please try again shortly."
 ADMIN_ATTEMPTS_PER_MINUTE = 5
+REMEMBERED_KEYS = 10_000  # (client, key) pairs recently tried, so a visitor's repeated searches cost no attempt
 
 
 class TooManyRequests(ClipSearchError):
@@ -44,6 +49,10 @@ class Gate:
         self.searches = RateLimiter(limits.searches_per_minute)
         self.uploads = RateLimiter(limits.uploads_per_minute)
         self.admin = RateLimiter(ADMIN_ATTEMPTS_PER_MINUTE)
+        self.keys = RateLimiter(limits.key_attempts_per_minute)
+        self.codes = RateLimiter(limits.delete_attempts_per_minute)
+        self._tried: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._tried_lock = threading.Lock()
 
     def client(self, request: gr.Request | None) -> str:
         if request is None:
@@ -54,6 +63,37 @@ class Gate:
         except Exception:  # a request without headers (called from Python)
             headers = {}
         return client_address(peer, headers, trusted_header=self.header, trusted_hops=self.hops)
+
+    def client_id(self, request: gr.Request | None) -> str | None:
+        """The pseudonym an upload records for its uploader (never the address itself)."""
+        return client_id(self.client(request))
+
+    def key(self, request: gr.Request | None, key: str | None) -> str | None:
+        """A visitor key, as typed, once its try is allowed: each key new to this client costs one of
+        ``rate_limit.key_attempts_per_minute`` (guessing passphrases is slow); a key it already used costs nothing."""
+        key = normalized_key(key)
+        if key is None:
+            return None
+        client = self.client(request)
+        slot = (client, hashlib.sha256(key.encode()).digest())
+        with self._tried_lock:
+            if slot in self._tried:
+                self._tried.move_to_end(slot)
+                return key
+        wait = self.keys.acquire(client)
+        if wait:
+            raise TooManyRequests(RateLimiter.message(wait, "keys tried"))
+        with self._tried_lock:
+            self._tried[slot] = None
+            while len(self._tried) > REMEMBERED_KEYS:
+                self._tried.popitem(last=False)
+        return key
+
+    def delete_code(self, request: gr.Request | None) -> None:
+        """Every delete-code attempt, right or wrong, costs one of ``rate_limit.delete_attempts_per_minute``."""
+        wait = self.codes.acquire(self.client(request))
+        if wait:
+            raise TooManyRequests(RateLimiter.message(wait, "attempts"))
 
     def search(self, request: gr.Request | None) -> None:
         wait = self.searches.acquire(self.client(request))
@@ -78,13 +118,17 @@ class Gate:
             raise TooManyRequests(RateLimiter.message(wait, "uploads"))
         return allowed, wait
 
-    def delete(self, request: gr.Request | None, token: str | None) -> None:
-        wait = self.admin.acquire(self.client(request))
+    def admin_action(self, request: gr.Request | None, token: str | None) -> None:
+        """The admin token, checked: deleting, reviewing, listing uploads. Each wrong token costs one of a few tries
+        a minute per client, and a client out of tries is refused before its token is even looked at."""
+        client = self.client(request)
+        wait = self.admin.waiting(client)
         if wait:
             raise TooManyRequests(RateLimiter.message(wait, "attempts"))
         if not token_required(ADMIN_TOKEN_ENV):
-            raise NotAllowed("deleting images is switched off here")
+            raise NotAllowed("the admin actions are switched off here")
         if not token_ok(token, ADMIN_TOKEN_ENV):
+            self.admin.acquire(client)
             raise NotAllowed("the admin token is missing or wrong")
 
 

@@ -24,7 +24,7 @@ from clip_search.app.text import (
     percent,
     plural_count,
 )
-from clip_search.engine import SearchEngine, SearchHit
+from clip_search.engine import PUBLIC_VIEWER, SearchEngine, SearchHit, Viewer
 from clip_search.errors import ClipSearchError, InvalidQueryError
 from clip_search.images import open_image
 from clip_search.search import Query
@@ -161,15 +161,17 @@ def run_query_json(
     image: str | Path | bytes | None = None,
     *,
     url_for: Callable[[str], str] = lambda url: url,
+    viewer: Viewer = PUBLIC_VIEWER,
 ) -> dict[str, Any]:
     """The ``/query`` endpoint: a whole query as JSON (and an optional image) -> the page as JSON.
 
     ``url_for`` turns an image's URL into what a browser fetches (the app's file route for the local store);
-    sources show as file names, never the server's folders.
+    sources show as file names, never the server's folders. The visitor key (``"key"`` in the JSON) is taken out
+    by the caller, which checks it and gives its ``viewer``.
     """
     data = parse_query_json(payload)
     image_bytes = load_query_image(engine, image, None) if image else None
-    page = Query.from_dict(data, image=image_bytes, runner=engine).run()
+    page = Query.from_dict(data, image=image_bytes, runner=engine).seen_by(viewer).run()
     out = page.to_dict()
     for hit in out["hits"]:
         hit["url"] = url_for(hit["url"])
@@ -185,14 +187,6 @@ def add_samples(engine: SearchEngine) -> str:
         return f"The collection already holds {collection_size(engine.count())}."
     report = ingest_samples(engine, progress=False)
     return f"Added {report.added} sample photos: the collection now holds {collection_size(engine.count())}."
-
-
-def delete_image(engine: SearchEngine, image_id: int | float | str | None) -> str:
-    """Admin: remove an image from the collection and the store."""
-    if is_blank_id(image_id):
-        raise ClipSearchError("give the id of the image to delete (it is shown when you click a result)")
-    record = engine.delete(image_id)  # type: ignore[arg-type]  # any value: "no image with id ..." if not an id
-    return f"Deleted image {record.id}. The collection now holds {collection_size(engine.count())}."
 
 
 class PublicStats(TypedDict):

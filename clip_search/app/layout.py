@@ -122,6 +122,7 @@ class SearchTab:
     sort: gr.Dropdown
     k: gr.Slider
     filters: tuple[Any, ...]  # after, before, source, caption, orientation
+    key: gr.Textbox  # a visitor key: also find the private photos uploaded with it
     examples: gr.Examples
     empty: gr.Column
     samples_button: gr.Button
@@ -130,7 +131,7 @@ class SearchTab:
 
     @property
     def inputs(self) -> list[Any]:
-        return [self.query, self.without, *self.filters, self.sort, self.k]
+        return [self.query, self.without, *self.filters, self.sort, self.k, self.key]
 
 
 def search_tab(ctx: Context) -> SearchTab:
@@ -167,9 +168,26 @@ def search_tab(ctx: Context) -> SearchTab:
             1, k_max, value=k_default, step=1, label="Results", scale=1, min_width=180, elem_id="search-k"
         )
     filters = _filters_accordion()
+    key = _key_accordion(engine)
     examples = gr.Examples(engine.settings.app.examples, inputs=[query], label="Try", examples_per_page=50)
     panel = _results_panel("search")
-    return SearchTab(query, button, without, sort, k, filters, examples, empty, samples_button, samples_status, panel)
+    return SearchTab(
+        query, button, without, sort, k, filters, key, examples, empty, samples_button, samples_status, panel
+    )
+
+
+def _key_accordion(engine: SearchEngine) -> gr.Textbox:
+    """The visitor key that unlocks the private photos uploaded with it (hidden where private photos are off)."""
+    with gr.Accordion(
+        "Your private photos", open=False, visible=engine.settings.privacy.allow_private, elem_id="search-private"
+    ):
+        return gr.Textbox(
+            label="Your key (the passphrase you chose, or the key you were given, when you uploaded them)",
+            type="password",
+            value="",
+            max_lines=1,
+            elem_id="search-key",
+        )
 
 
 def _filters_accordion() -> tuple[Any, ...]:
@@ -248,11 +266,28 @@ class UploadTab:
     files: gr.File
     caption: gr.Textbox
     token: gr.Textbox
+    private: gr.Checkbox
+    key: gr.Textbox
     button: gr.Button
     status: gr.Markdown
     added: gr.Gallery
     results: gr.JSON
-    admin: tuple[Any, ...] | None  # image id, token, button, status
+    take_back: tuple[gr.Textbox, gr.Button, gr.Markdown]  # delete code, button, status
+    admin: AdminPanel | None
+
+
+@dataclass
+class AdminPanel:
+    """The admin accordion: ids to act on, the token, one button per action, and what they answer."""
+
+    ids: gr.Textbox
+    token: gr.Textbox
+    delete: gr.Button
+    approve: gr.Button
+    reject: gr.Button
+    held: gr.Button
+    newest: gr.Button
+    status: gr.Markdown
 
 
 def upload_tab(ctx: Context) -> UploadTab:
@@ -267,7 +302,14 @@ def upload_tab(ctx: Context) -> UploadTab:
             if not upload.keep_metadata
             else ""
         )
-        + "They can be found by every visitor from the very next search."
+        + "They can be found by every visitor from the very next search"
+        + (", unless you make them private" if ctx.engine.settings.privacy.allow_private else "")
+        + (
+            "; a photo flagged by the content check waits for an admin's review first."
+            if ctx.engine.settings.moderation.enabled and ctx.engine.settings.moderation.action == "hold"
+            else "."
+        )
+        + " Each photo added gets a delete code: with it you can take the photo back."
     )
     files = upload_files_input(file_count="multiple", label="Photos", height=180, elem_id="upload-files")
     with gr.Row():
@@ -281,6 +323,7 @@ def upload_tab(ctx: Context) -> UploadTab:
         token = gr.Textbox(
             label="Upload token", type="password", visible=ctx.upload_token_needed, scale=1, elem_id="upload-token"
         )
+    private, key = _private_upload(ctx)
     button = gr.Button("Upload", variant="primary", elem_id="upload-button")
     status = gr.Markdown(label="message", elem_id="upload-status")
     added = gr.Gallery(
@@ -294,16 +337,49 @@ def upload_tab(ctx: Context) -> UploadTab:
         elem_id="upload-gallery",
     )
     results = gr.JSON(visible=False, label="results")
-    admin = None
-    if ctx.admin_enabled:
-        with gr.Accordion("Admin", open=False, elem_id="cs-admin"):
-            admin = (
-                id_field(label="Image id", precision=0),
-                gr.Textbox(label="Admin token", type="password"),
-                gr.Button("Delete image", variant="stop"),
-                gr.Markdown(label="message"),
-            )
-    return UploadTab(files, caption, token, button, status, added, results, admin)
+    with gr.Accordion("Take a photo back", open=False, elem_id="take-back"):
+        code = gr.Textbox(
+            label="Delete code (given when you uploaded it)", value="", max_lines=1, elem_id="take-back-code"
+        )
+        take = gr.Button("Delete my photo", variant="stop", size="sm", elem_id="take-back-button")
+        taken = gr.Markdown(label="message", elem_id="take-back-status")
+    admin = _admin_panel() if ctx.admin_enabled else None
+    return UploadTab(files, caption, token, private, key, button, status, added, results, (code, take, taken), admin)
+
+
+def _private_upload(ctx: Context) -> tuple[gr.Checkbox, gr.Textbox]:
+    allowed = ctx.engine.settings.privacy.allow_private
+    with gr.Row(visible=allowed):
+        private = gr.Checkbox(
+            label="Private: only searches with my key find these photos",
+            value=False,
+            scale=2,
+            elem_id="upload-private",
+        )
+        key = gr.Textbox(
+            label=f"My key ({ctx.engine.settings.privacy.min_passphrase_chars}+ characters, or empty to get one)",
+            type="password",
+            value="",
+            max_lines=1,
+            scale=3,
+            elem_id="upload-key",
+        )
+    return private, key
+
+
+def _admin_panel() -> AdminPanel:
+    with gr.Accordion("Admin", open=False, elem_id="cs-admin"):
+        with gr.Row():
+            ids = gr.Textbox(label="Image ids (several: 12, 31, 40)", value="", max_lines=1, elem_id="admin-ids")
+            token = gr.Textbox(label="Admin token", type="password", value="", max_lines=1, elem_id="admin-token")
+        with gr.Row():
+            delete = gr.Button("Delete", variant="stop", size="sm", elem_id="admin-delete")
+            approve = gr.Button("Approve", size="sm", elem_id="admin-approve")
+            reject = gr.Button("Reject", size="sm", elem_id="admin-reject")
+            held = gr.Button("Held for review", size="sm", elem_id="admin-held")
+            newest = gr.Button("Newest uploads", size="sm", elem_id="admin-newest")
+        status = gr.Markdown(label="message", elem_id="admin-status")
+    return AdminPanel(ids, token, delete, approve, reject, held, newest, status)
 
 
 def api_outputs() -> ApiOutputs:

@@ -10,7 +10,7 @@ from typing import Any
 
 from clip_search.app.handlers import Kind
 from clip_search.app.text import HOW_TO_ADD, collection_size, display_source, hit_caption, md_escape, percent
-from clip_search.engine import SearchEngine
+from clip_search.engine import PUBLIC_VIEWER, SearchEngine, Viewer, owned_by
 from clip_search.errors import ClipSearchError, EmptyQueryError
 from clip_search.search import Query, SearchPage
 
@@ -72,11 +72,20 @@ class PageResults:
         return [(hit.url, hit_caption(hit)) for hit in self.page.hits]
 
 
-def new_state(kind: Kind, request: dict[str, Any], *, image: bool = False, source: int | None = None) -> dict[str, Any]:
-    """What a visitor's session holds for a results panel: the query (small JSON), result ids and scores, marks."""
+def new_state(
+    kind: Kind,
+    request: dict[str, Any],
+    *,
+    image: bool = False,
+    source: int | None = None,
+    viewer: Viewer = PUBLIC_VIEWER,
+) -> dict[str, Any]:
+    """What a visitor's session holds for a results panel: the query (small JSON), result ids and scores, marks,
+    and whose private photos it may show (the owner hash of the visitor's key, never the key)."""
     return {
         "kind": kind,
         "request": request,
+        "owner": next(iter(viewer.owners), None),
         "image": image,  # the query image is the Image-Search tab's current picture (never kept here)
         "source": source,  # "more like this": the image whose neighbours these are
         "ids": [],
@@ -86,6 +95,12 @@ def new_state(kind: Kind, request: dict[str, Any], *, image: bool = False, sourc
         "good": [],
         "bad": [],
     }
+
+
+def state_viewer(state: dict[str, Any] | None) -> Viewer:
+    """Who the panel's results are for: the public, or the owner of the key its search carried."""
+    owner = (state or {}).get("owner")
+    return owned_by(owner) if owner else PUBLIC_VIEWER
 
 
 def run_state(
@@ -99,7 +114,8 @@ def run_state(
         if state.get("next") is None:
             raise ClipSearchError("there are no more results for this query")
         request["offset"] = state["next"]
-    page = Query.from_dict(request, image=image if state["image"] else None, runner=engine).run()
+    query = Query.from_dict(request, image=image if state["image"] else None, runner=engine)
+    page = query.seen_by(state_viewer(state)).run()
     kept = state if more else {**state, "ids": [], "scores": [], "probabilities": []}
     updated = {
         **kept,
@@ -115,8 +131,9 @@ def page_message(engine: SearchEngine, state: dict[str, Any], page: SearchPage) 
     """The status line: how many results, for what, in which order, with which marks."""
     request = state["request"]
     shown = len(state["ids"])
+    size = engine.count(state_viewer(state))
     if not page.hits and not shown:
-        return f"Nothing to search yet. {HOW_TO_ADD}" if engine.count() == 0 else "No results."
+        return f"Nothing to search yet. {HOW_TO_ADD}" if size == 0 else "No results."
     what = ("result" if state["kind"] == "text" else "image") + ("" if shown == 1 else "s")
     text = request.get("text")
     subject = f" for “{md_escape(text)}”" if text else ""
@@ -139,7 +156,7 @@ def page_message(engine: SearchEngine, state: dict[str, Any], page: SearchPage) 
     if not page.confident:
         best = max((p or 0.0) for p in state["probabilities"]) if state["probabilities"] else 0.0
         message = (
-            f"**No good match for “{md_escape(text or '')}”.** None of the {collection_size(engine.count())} matches "
+            f"**No good match for “{md_escape(text or '')}”.** None of the {collection_size(size)} matches "
             f"it well (the best is a {percent(best)} match). The closest {shown} are below, but they are probably "
             "not what you are looking for: try other words, or add photos of it in the Upload tab."
         )
@@ -150,7 +167,7 @@ def page_message(engine: SearchEngine, state: dict[str, Any], page: SearchPage) 
 
 def state_gallery(engine: SearchEngine, state: dict[str, Any]) -> list[tuple[str, str]]:
     """Every result shown so far (after "Load more"), rebuilt from the ids the session keeps."""
-    records = engine.get_many(state["ids"])
+    records = engine.get_many(state["ids"], state_viewer(state))
     items = []
     for image_id, score, probability in zip(state["ids"], state["scores"], state["probabilities"], strict=True):
         record = records.get(image_id)
@@ -171,7 +188,7 @@ def opened_hit(engine: SearchEngine, state: dict[str, Any] | None, index: int) -
     """The details of the result at ``index`` of the panel (looked up by id: the session keeps no hit dicts)."""
     if not state or not 0 <= index < len(state["ids"]):
         return None
-    record = engine.get(state["ids"][index])
+    record = engine.get(state["ids"][index], state_viewer(state))
     browse = state["kind"] == "text" and not state["request"].get("text")
     return {
         "id": record.id,

@@ -55,6 +55,7 @@ def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
         "metadata": hit.metadata,
         "added_at": hit.added_at,
         "key": hit.key,
+        "visibility": hit.visibility,
     }
 
 

@@ -6,6 +6,10 @@ under a short write lock, so a search never waits behind a commit, a store write
 table's newest version and applies what other processes (replicas, the CLI, bulk jobs) added or deleted,
 reading only the fragments that changed. Nothing is written to disk per upload but the table row; an IVF index
 is cached on local disk after it is trained, so a restart does not retrain.
+
+Every read takes a :class:`~clip_search.collection.visibility.Viewer` (public by default): private and held rows
+are kept in a small in-memory set, refreshed with the rest, and the ones the viewer may not see never compete in a
+search, a browse, a count or a lookup by id.
 """
 
 from __future__ import annotations
@@ -27,7 +31,17 @@ from clip_search.collection.filtered import FilteredIds
 from clip_search.collection.records import ImageRecord, NewImage
 from clip_search.collection.sync import Changes, FragmentTracker, iter_vectors
 from clip_search.collection.table import CollectionTable
-from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index
+from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index, member
+from clip_search.collection.visibility import (
+    HELD,
+    OPERATOR,
+    PRIVATE,
+    PUBLIC_VIEWER,
+    Hidden,
+    HiddenRows,
+    Viewer,
+    same_owner_sql,
+)
 from clip_search.errors import ClipSearchError, StorageError
 from clip_search.fileio import remove_stale_temp_files
 from clip_search.memory import release_free_memory
@@ -136,6 +150,8 @@ class Collection:
         self._index: VectorIndex | None = None
         self._known: set[int] = set()
         self._pending: dict[int, int] = {}  # id -> version of our own commit, until seen in a fragment
+        self._pending_hidden: dict[int, Hidden] = {}  # the hidden ones among them
+        self._hidden = HiddenRows()
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()  # check-then-commit of this process's adds
         self._ds = None
@@ -166,7 +182,7 @@ class Collection:
             self._known = set(index.ids().tolist())
             self._apply(self._tracker.diff(ds, known=self._is_known, pending=ids_none()))
         else:
-            self._index, self._tracker, self._known = self._build(ds, n)
+            self._index, self._tracker, self._known, self._hidden = self._build(ds, n)
             self._save_ivf()
         log.info(
             "opened collection %s: %d images (%s index) in %.2f s",
@@ -176,7 +192,7 @@ class Collection:
             time.perf_counter() - started,
         )
 
-    def _build(self, ds: Any, n: int) -> tuple[VectorIndex, FragmentTracker, set[int]]:
+    def _build(self, ds: Any, n: int) -> tuple[VectorIndex, FragmentTracker, set[int], HiddenRows]:
         """A new index of every row of ``ds``, streamed batch by batch (FAISS holds the only copy of the vectors)."""
         index = self._new_index(ds, n)
         tracker = FragmentTracker()
@@ -191,10 +207,11 @@ class Collection:
             if len(known) // TRIM_EVERY != (len(known) - int(new.sum())) // TRIM_EVERY:
                 release_free_memory()  # the read buffers of the batches already copied into the index
 
-        tracker.apply(tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=ids_none(), on_vectors=take))
+        changes = tracker.diff(ds, known=lambda ids: np.zeros(len(ids), bool), pending=ids_none(), on_vectors=take)
+        tracker.apply(changes)
         bar.close()
         release_free_memory()
-        return index, tracker, known
+        return index, tracker, known, changes.hidden
 
     def _wants_ivf(self, n: int) -> bool:
         return self.index_kind == "ivf" and n >= IVF_MIN_ROWS
@@ -293,6 +310,19 @@ class Collection:
                     done.update(waiting[np.isin(waiting, changes.seen_ids)].tolist())
                 for image_id in done:
                     self._pending.pop(image_id, None)
+                # Our own hidden rows committed after the version read here stay hidden (never shown for a moment).
+                self._pending_hidden = {i: h for i, h in self._pending_hidden.items() if i in self._pending}
+                still = dict(self._pending_hidden)
+            self._set_hidden(changes.hidden.with_rows(still))
+
+    def _set_hidden(self, hidden: HiddenRows) -> None:
+        """Swap in a new hidden set (under the write lock); rows whose visibility changed leave the row cache."""
+        changed = self._hidden.changed_ids(hidden)
+        self._hidden = hidden
+        if changed:
+            with self._cache_lock:
+                for image_id in changed:
+                    self._row_cache.pop(image_id, None)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_s):
@@ -320,19 +350,30 @@ class Collection:
         return self._index.dim if self._index is not None else None
 
     def search(
-        self, queries: np.ndarray, k: int, *, exclude: Sequence[int] = (), where: str | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[int] = (),
+        where: str | None = None,
+        viewer: Viewer = PUBLIC_VIEWER,
     ) -> list[list[tuple[int, float]]]:
-        """Top-k (image id, cosine) per query vector, best first; ``where`` (a Lance SQL condition on the rows)
-        picks the images that compete before ranking, so k come back whenever k images match."""
+        """Top-k (image id, cosine) per query vector, best first, among the images ``viewer`` may see; ``where``
+        (a Lance SQL condition on the rows) picks the images that compete before ranking, so k come back whenever k
+        images match. The hidden rows the viewer may not see are left out by the index itself (see
+        :meth:`VectorIndex.search`'s ``blocked``)."""
         self.maybe_refresh()
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        allowed = self.matching(where)[0] if where else None
+        blocked = self._hidden.blocked(viewer)
+        allowed = self.matching(where, viewer=viewer)[0] if where else None
         with self._lock.read():
             if self._index is None or len(self._index) == 0:
                 return [[] for _ in range(len(queries))]
             if queries.shape[1] != self._index.dim:
                 raise ClipSearchError(f"query has {queries.shape[1]} dimensions, the collection {self._index.dim}")
-            scores, ids = self._index.search(queries, k + len(exclude), allowed=allowed)
+            scores, ids = self._index.search(
+                queries, k + len(exclude), allowed=allowed, blocked=None if where else blocked
+            )
         excluded = {int(i) for i in exclude}
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
@@ -342,24 +383,58 @@ class Collection:
             results.append(hits[:k])
         return results
 
-    def matching(self, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, added_at in µs) of the images passing ``where`` (all without one), oldest first, ties by id."""
+    def matching(self, where: str | None = None, *, viewer: Viewer = PUBLIC_VIEWER) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, added_at in µs) of the images ``viewer`` may see passing ``where`` (all without one), oldest
+        first, ties by id."""
         self.maybe_refresh()
-        return self._filtered.get(self._current(), where)
+        blocked = self._hidden.blocked(viewer)
+        ids, times = self._filtered.get(self._current(), where)
+        if len(blocked):
+            keep = ~member(ids, blocked)
+            ids, times = ids[keep], times[keep]
+        return ids, times
+
+    def newest_ids(self, where: str, limit: int | None = None) -> list[int]:
+        """Ids of every row passing ``where``, hidden ones included (the operator's listings), newest first."""
+        ids, _ = self.matching(where, viewer=OPERATOR)
+        newest = ids[::-1]
+        return (newest if limit is None else newest[:limit]).tolist()
+
+    def count(self, viewer: Viewer = PUBLIC_VIEWER) -> int:
+        """How many images ``viewer`` may see (``len`` counts every row the index holds)."""
+        blocked = self._hidden.blocked(viewer)
+        return len(self) - sum(int(i) in self._known for i in blocked)
+
+    def hidden_counts(self) -> dict[str, int]:
+        """How many private and held images there are (the operator's figures)."""
+        return self._hidden.counts()
+
+    def hidden(self, image_id: int) -> Hidden | None:
+        """Whether an image is private or held (and its owner), or None for a public one."""
+        return self._hidden.get(image_id)
+
+    def is_held(self, image_id: int) -> bool:
+        hidden = self._hidden.get(image_id)
+        return hidden is not None and hidden.visibility == HELD
+
+    def visible(self, image_id: int, viewer: Viewer = PUBLIC_VIEWER) -> bool:
+        return int(image_id) in self._known and self._hidden.visible(viewer, image_id)
 
     def __contains__(self, image_id: int) -> bool:
         return int(image_id) in self._known
 
-    def get(self, image_id: int) -> ImageRecord | None:
-        return self.get_many([image_id]).get(int(image_id))
+    def get(self, image_id: int, viewer: Viewer = PUBLIC_VIEWER) -> ImageRecord | None:
+        return self.get_many([image_id], viewer).get(int(image_id))
 
-    def get_many(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
-        """Rows of images that are in the collection as this process sees it (deleted ones are left out).
+    def get_many(self, image_ids: Sequence[int], viewer: Viewer = PUBLIC_VIEWER) -> dict[int, ImageRecord]:
+        """Rows of images that are in the collection as this process sees it and that ``viewer`` may see
+        (deleted and hidden ones are left out).
 
-        Rows never change once written, so recently shown ones are kept in a small cache: popular results cost
-        no table read, and results already seen still show while the table's server is briefly unreachable.
+        Rows only change when an upload is approved (and then leave the cache), so recently shown ones are kept in
+        a small cache: popular results cost no table read, and results already seen still show while the table's
+        server is briefly unreachable.
         """
-        wanted = [int(i) for i in image_ids if int(i) in self._known]
+        wanted = [int(i) for i in image_ids if self.visible(int(i), viewer)]
         with self._cache_lock:
             found = {i: self._row_cache[i] for i in wanted if i in self._row_cache}
         missing = [i for i in wanted if i not in found]
@@ -372,32 +447,36 @@ class Collection:
                     self._row_cache.popitem(last=False)
         return found
 
-    def embedding(self, image_id: int) -> np.ndarray | None:
-        ids, vectors = self.embeddings([image_id])
+    def embedding(self, image_id: int, viewer: Viewer = PUBLIC_VIEWER) -> np.ndarray | None:
+        ids, vectors = self.embeddings([image_id], viewer)
         return vectors[0].copy() if len(ids) else None
 
-    def embeddings(self, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of those of ``image_ids`` that are in the collection, each id once."""
-        wanted = [int(i) for i in dict.fromkeys(int(i) for i in image_ids) if int(i) in self._known]
+    def embeddings(self, image_ids: Sequence[int], viewer: Viewer = PUBLIC_VIEWER) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``image_ids`` that are in the collection and ``viewer`` may see, each once."""
+        wanted = [int(i) for i in dict.fromkeys(int(i) for i in image_ids) if self.visible(int(i), viewer)]
         ids, vectors = self.table.vectors(self._current(), wanted)
         if len(ids) > 1:
             _, first = np.unique(ids, return_index=True)
             ids, vectors = ids[first], vectors[first]
         return ids, vectors
 
-    def find_by_sha256(self, *hashes: str | None) -> ImageRecord | None:
+    def find_by_sha256(self, *hashes: str | None, owner_hash: str | None = None) -> ImageRecord | None:
         """The image whose stored or original bytes have one of these hashes, as the table has it (an image
-        another process committed a moment ago counts, before this process's index has it)."""
-        return self.table.find_by_sha256(self._current(), *hashes)
+        another process committed a moment ago counts, before this process's index has it), among the rows a
+        photo of ``owner_hash`` duplicates: unowned ones and the owner's own (never a stranger's private photo)."""
+        return self.table.find_by_sha256(self._current(), *hashes, where=same_owner_sql(owner_hash))
 
     def find_by_key(self, key: str) -> ImageRecord | None:
         return self.table.find_by_key(self._current(), key)
 
     def known_hashes(self) -> set[str]:
-        return self.table.hashes(self._current())
+        """The hashes an ingest skips: of every unowned row (a visitor's private photo never stops the operator
+        from adding the same photo publicly)."""
+        return self.table.hashes(self._current(), where=same_owner_sql(None))
 
     def records(self) -> Iterator[ImageRecord]:
-        """Every image's row once (two writers committing the same photo at once leave two rows of one id)."""
+        """Every image's row once, hidden ones included: the operator's listing (two writers committing the same
+        photo at once leave two rows of one id)."""
         seen: set[int] = set()
         for record in self.table.iter_records(self._current()):
             if record.id not in seen and record.id in self._known:
@@ -433,9 +512,11 @@ class Collection:
             return []
         with self._commit_lock:
             new: dict[int, NewImage] = {}  # position -> image
+            taken: set[int] = set()
             for pos, img in enumerate(images):
-                if img.id not in self._known and all(other.id != img.id for other in new.values()):
+                if img.id not in self._known and img.id not in taken:  # a set: batches of thousands (migrations)
                     new[pos] = img
+                    taken.add(img.id)
             if new:
                 self._commit(list(new.values()))
         return [img.id if pos in new else None for pos, img in enumerate(images)]
@@ -444,33 +525,64 @@ class Collection:
         version = self.table.add(images, model=self.model, model_id=self.model_id)
         ids = np.array([img.id for img in images], dtype=np.int64)
         vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in images])
+        hidden = {img.id: Hidden(img.visibility, img.owner_hash) for img in images if img.visibility in (PRIVATE, HELD)}
         self._advance(self.table.latest(at_least=version))  # rows readable before a search can find their ids
         with self._lock.write():
             if self._index is None:
                 self._index = make_index("flat", vectors.shape[1])
+            if hidden:  # hidden before their ids can be found, under the same lock
+                self._set_hidden(self._hidden.with_rows(hidden))
             # A refresh on another thread may have read our fragment and added these rows already.
             fresh = _unseen(ids, self._known)
             self._index.add(ids[fresh], vectors[fresh])
             self._known.update(ids[fresh].tolist())
             with self._pending_lock:
                 self._pending.update((int(i), version) for i in ids[fresh])
+                self._pending_hidden.update((int(i), hidden[int(i)]) for i in ids[fresh] if int(i) in hidden)
         self._count_commit()
 
     def remove(self, image_id: int) -> ImageRecord | None:
         """Delete an image's row (the commit point), then drop it from the index."""
+        removed = self.remove_many([image_id])
+        return removed[0] if removed else None
+
+    def remove_many(self, image_ids: Sequence[int]) -> list[ImageRecord]:
+        """Delete several images' rows in one transaction (the commit point), then drop them from the index;
+        returns the rows that were there."""
         with self._commit_lock:
-            record = self.get(image_id)
-            if record is None:
-                return None
-            version = self.table.delete([record.id])
+            records = list(self.get_many(list(image_ids), OPERATOR).values())
+            if not records:
+                return []
+            gone = np.array([r.id for r in records], dtype=np.int64)
+            version = self.table.delete(gone.tolist())
             with self._lock.write():
                 if self._index is not None:
-                    self._index.remove(np.array([record.id], dtype=np.int64))
-                self._known.discard(record.id)
+                    self._index.remove(gone)
+                self._known.difference_update(gone.tolist())
+                self._set_hidden(self._hidden.with_rows(removed=gone.tolist()))
             with self._cache_lock:
-                self._row_cache.pop(record.id, None)
+                for image_id in gone.tolist():
+                    self._row_cache.pop(image_id, None)
             self._advance(self.table.latest(at_least=version))
-        return record
+        return records
+
+    def approve(self, image_ids: Sequence[int]) -> list[int]:
+        """Approve held images (each becomes public, or private when it has an owner); returns the ids changed.
+        The table row is rewritten (the commit point); this process sees it at once, replicas at their refresh."""
+        with self._commit_lock:
+            held = [int(i) for i in image_ids if self.is_held(i)]
+            if not held:
+                return []
+            version = self.table.approve(held)
+            self._advance(self.table.latest(at_least=version))
+        self.refresh()
+        return held
+
+    def delete_hash(self, image_id: int) -> str | None:
+        """The stored hash of an image's delete code (None: no such image, or it has none)."""
+        if int(image_id) not in self._known:
+            return None
+        return self.table.delete_hash(self._current(), int(image_id))
 
     def _count_commit(self) -> None:
         """Every ``optimize_every`` commits of this process, compact the table in the background."""
@@ -495,9 +607,11 @@ class Collection:
         self.refresh()
         if isinstance(self._index, IVFIndex) and self._index.needs_retrain(len(self), growth=self.retrain_growth):
             ds = self.table.latest()
-            index, tracker, known = self._build(ds, ds.count_rows())  # searches go on over the old index
+            index, tracker, known, hidden = self._build(ds, ds.count_rows())  # searches go on over the old index
             with self._lock.write():  # rows committed meanwhile arrive with the next refresh
                 self._index, self._tracker, self._known = index, tracker, known
+                with self._pending_lock:
+                    self._set_hidden(hidden.with_rows(self._pending_hidden))
             report["retrained"] = True
         self._save_ivf()
         return report

@@ -4,10 +4,14 @@ Ids are derived from the stored bytes' sha256 (its first 53 bits), so replicas a
 each other agree on every image's id, the same photo gets the same id everywhere, and an id fits exactly in a
 JavaScript number (the browser gets ids as JSON). Two different photos share an id with probability ~N²/2⁵⁴
 (5e-5 at a million images); the table refuses the second one with a clear error rather than mixing them up.
+
+A private photo's id is derived from its bytes *and* its owner's key hash instead: the same photo kept privately by
+two visitors, or private and public at once, is two rows that never collide, and its id says nothing of its content.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,13 @@ ID_BITS = 53
 def image_id(sha256: str) -> int:
     """The image id of stored bytes with this sha256 (hex): a positive integer below 2**53."""
     return int(sha256[:14], 16) >> (56 - ID_BITS)
+
+
+def owned_image_id(sha256: str, owner_hash: str | None) -> int:
+    """The id of stored bytes kept by an owner (a private photo), or the plain content id without one."""
+    if owner_hash is None:
+        return image_id(sha256)
+    return image_id(hashlib.sha256(f"{sha256}:{owner_hash}".encode()).hexdigest())
 
 
 def is_sha256(value: str) -> bool:
@@ -39,6 +50,9 @@ class ImageRecord:
     caption: str | None
     metadata: dict[str, Any]
     added_at: str  # ISO 8601, UTC
+    visibility: str = "public"  # public, private or held (clip_search.collection.visibility)
+    client_id: str | None = None  # the uploader's pseudonymous client id (visitors' uploads only)
+    moderation_score: float | None = None  # the upload check's score (None: not checked, e.g. ingested)
 
 
 @dataclass
@@ -55,7 +69,12 @@ class NewImage:
     caption: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     added_at: str | None = None  # now, unless kept from elsewhere (a migrated row)
+    visibility: str | None = None  # None is public
+    owner_hash: str | None = None  # a private (or held private) photo's owner
+    delete_hash: str | None = None
+    client_id: str | None = None
+    moderation_score: float | None = None
 
     @property
     def id(self) -> int:
-        return image_id(self.sha256)
+        return owned_image_id(self.sha256, self.owner_hash)

@@ -6,6 +6,10 @@ fragment, its signature and the ids it held: a fragment that is new or whose sig
 (its ids first, and its vectors only if it holds ids the index lacks), and ids that were in changed or vanished
 fragments and are in none of their successors were deleted. This needs no old version of the table to still
 exist (a cleanup may have removed them) and no coordination with the writers.
+
+The same reads give the hidden rows (private or held: :mod:`clip_search.collection.visibility`) of each fragment,
+so an approval (Lance rewrites the row into a new fragment) or a new private upload of another process reaches
+every replica's hidden set with the rows themselves.
 """
 
 from __future__ import annotations
@@ -17,12 +21,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from clip_search.collection.visibility import HELD, HIDDEN_SQL, PRIVATE, Hidden, HiddenRows, hidden_of
 
 log = logging.getLogger(__name__)
 
 READ_BATCH = 16_384
 READ_AHEAD = 2
 READ_BUFFER = 128 * 2**20  # bytes of file reads in flight (Lance's default is 2 GiB)
+VISIBILITY_COLUMNS = ["id", "visibility", "owner_hash"]
+
+Fragment = tuple[tuple, np.ndarray, dict[int, Hidden]]  # signature, ids, hidden rows
 
 
 def _signature(fragment: Any) -> tuple:
@@ -37,7 +47,8 @@ class Changes:
     """What the index must do to match a version of the table."""
 
     version: int
-    fragments: dict[int, tuple[tuple, np.ndarray]]  # the table's fragments at ``version``: signature, ids
+    fragments: dict[int, Fragment]  # the table's fragments at ``version``
+    hidden: HiddenRows = field(default_factory=HiddenRows)  # the hidden rows at ``version``
     added_ids: list[np.ndarray] = field(default_factory=list)
     added_vectors: list[np.ndarray] = field(default_factory=list)
     removed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -53,7 +64,7 @@ class FragmentTracker:
 
     def __init__(self) -> None:
         self.version: int | None = None
-        self._fragments: dict[int, tuple[tuple, np.ndarray]] = {}
+        self._fragments: dict[int, Fragment] = {}
 
     def diff(
         self,
@@ -81,9 +92,10 @@ class FragmentTracker:
             if old is not None and old[0] == sig:
                 changes.fragments[fid] = old
                 continue
-            ids = self._read_fragment(fragment, known, changes, on_vectors)
-            changes.fragments[fid] = (sig, ids)
+            ids, hidden = self._read_fragment(fragment, known, changes, on_vectors)
+            changes.fragments[fid] = (sig, ids, hidden)
             arrived.append(ids)
+        changes.hidden = HiddenRows({i: h for _, _, rows in changes.fragments.values() for i, h in rows.items()})
         was = np.concatenate(gone) if gone else np.zeros(0, dtype=np.int64)
         now = np.concatenate(arrived) if arrived else np.zeros(0, dtype=np.int64)
         removed = np.setdiff1d(was, now)
@@ -97,15 +109,18 @@ class FragmentTracker:
         known: Callable[[np.ndarray], np.ndarray],
         changes: Changes,
         on_vectors: Callable[[np.ndarray, np.ndarray], None] | None,
-    ) -> np.ndarray:
-        """The fragment's ids; the vectors of those the index lacks go to ``changes`` (or ``on_vectors``)."""
+    ) -> tuple[np.ndarray, dict[int, Hidden]]:
+        """The fragment's ids and hidden rows; the vectors of the ids the index lacks go to ``changes`` (or
+        ``on_vectors``)."""
         if on_vectors is not None:  # first load: everything is new, read ids and vectors in one pass
             parts = []
             for ids, vectors in iter_vectors(fragment):
                 on_vectors(ids, vectors)
                 parts.append(ids)
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        ids = fragment.to_table(columns=["id"]).column("id").to_numpy().astype(np.int64, copy=False)
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), _hidden(fragment, HIDDEN_SQL)
+        table = fragment.to_table(columns=VISIBILITY_COLUMNS)
+        ids = table.column("id").to_numpy().astype(np.int64, copy=False)
+        hidden = _hidden_rows(table)
         new = ~known(ids)
         if new.any():
             wanted = ids[new]
@@ -114,11 +129,25 @@ class FragmentTracker:
                 if mask.any():
                     changes.added_ids.append(batch_ids[mask])
                     changes.added_vectors.append(vectors[mask])
-        return ids
+        return ids, hidden
 
     def apply(self, changes: Changes) -> None:
         self._fragments = changes.fragments
         self.version = changes.version
+
+
+def _hidden(fragment: Any, where: str) -> dict[int, Hidden]:
+    return _hidden_rows(fragment.to_table(columns=VISIBILITY_COLUMNS, filter=where))
+
+
+def _hidden_rows(table: pa.Table) -> dict[int, Hidden]:
+    visibility = table.column("visibility")
+    if visibility.null_count == len(visibility):  # the usual fragment: only public rows
+        return {}
+    rows = table.filter(pc.is_in(visibility, value_set=pa.array([PRIVATE, HELD])))
+    return hidden_of(
+        rows.column("id").to_pylist(), rows.column("visibility").to_pylist(), rows.column("owner_hash").to_pylist()
+    )
 
 
 def iter_vectors(source: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:

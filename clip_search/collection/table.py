@@ -2,14 +2,18 @@
 
 Lance gives what a home-made catalog had to fake: atomic commits from several writers that do not coordinate
 (replicas, the CLI, bulk jobs), versions, and a columnar file that reads a million vectors in seconds. One row per
-image holds its storage key, hashes, size, caption, metadata, time, model and L2-normalised vector. The model and
-the schema version are recorded in the table's schema metadata, so a table made by another model is refused.
+image holds its storage key, hashes, size, caption, metadata, time, model and L2-normalised vector, and for a
+visitor's upload who may see it (visibility, the owner key's hash), the hash of its delete code, the uploader's
+client id and its moderation score. The model and the schema version are recorded in the table's schema metadata,
+so a table made by another model is refused; a table of schema 2 is upgraded in place on open (see
+:meth:`CollectionTable.upgrade`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -23,13 +27,14 @@ from lancedb.index import BTree
 
 from clip_search.collection.records import ImageRecord, NewImage, is_sha256
 from clip_search.collection.sync import ids_and_vectors
+from clip_search.collection.visibility import HELD, PRIVATE, PUBLIC
 from clip_search.encoder import model_label
 from clip_search.errors import CatalogError, ModelMismatchError, StorageError
 from clip_search.memory import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 1 was the SQLite catalog (see clip_search.collection.migrate)
+SCHEMA_VERSION = 3  # 1 was the SQLite catalog (see clip_search.collection.migrate); 3 added UPLOAD_FIELDS
 _META_SCHEMA = b"clip_search.schema_version"
 _META_MODEL = b"clip_search.model"
 _META_MODEL_ID = b"clip_search.model_id"
@@ -44,11 +49,24 @@ RECORD_COLUMNS = [
     "caption",
     "metadata",
     "added_at",
+    "visibility",
+    "client_id",
+    "moderation_score",
 ]
+# Schema 3: who may see a visitor's upload and who may take it back. All nullable: a row written without them (an
+# ingest, a bulk job, a row of schema 2) is public, has no owner and no delete code, and was never moderated.
+UPLOAD_FIELDS = [
+    pa.field("visibility", pa.string()),  # public (or null), private, held (see clip_search.collection.visibility)
+    pa.field("owner_hash", pa.string()),  # hash of the visitor key that sees a private photo
+    pa.field("delete_hash", pa.string()),  # sha256 of the secret of the delete code given to the uploader
+    pa.field("client_id", pa.string()),  # pseudonymous id of the uploader's address (clip_search.visitor_keys)
+    pa.field("moderation_score", pa.float32()),  # the upload check's score (clip_search.moderation)
+]
+UPGRADE_ATTEMPTS = 5
 
 
 def table_schema(dim: int, *, model: str, model_id: str) -> pa.Schema:
-    """Version 2 of the collection's schema; the vector is a fixed-size list so Lance stores it flat."""
+    """Version 3 of the collection's schema; the vector is a fixed-size list so Lance stores it flat."""
     fields = [
         pa.field("id", pa.int64(), nullable=False),
         pa.field("key", pa.string(), nullable=False),
@@ -62,6 +80,7 @@ def table_schema(dim: int, *, model: str, model_id: str) -> pa.Schema:
         pa.field("added_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("model", pa.string(), nullable=False),
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        *UPLOAD_FIELDS,
     ]
     meta = {_META_SCHEMA: str(SCHEMA_VERSION).encode(), _META_MODEL: model.encode(), _META_MODEL_ID: model_id.encode()}
     return pa.schema(fields, metadata=meta)
@@ -116,12 +135,45 @@ class CollectionTable:
     def _check_schema(self) -> None:
         if self._table is None:
             return
-        version = int((self._table.schema.metadata or {}).get(_META_SCHEMA, b"0"))
+        version = self.schema_version
         if version > SCHEMA_VERSION:
             raise CatalogError(
                 f"the collection's table has schema version {version}, newer than this clip-search "
                 f"understands ({SCHEMA_VERSION}): upgrade clip-search"
             )
+        if version < SCHEMA_VERSION:
+            self.upgrade()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._meta(_META_SCHEMA) or 0)
+
+    def upgrade(self) -> None:
+        """Schema 2 to 3 in place: the upload columns are added as nulls (a metadata-only change: no data file is
+        rewritten, every row keeps its values and reads as public, unowned and unmoderated), then the version is
+        recorded. Lance refuses one of two schema changes (or a change and an append) committed at the same moment;
+        the loser looks again and finishes whatever is still missing."""
+        for attempt in range(1, UPGRADE_ATTEMPTS + 1):
+            try:
+                with table_io("upgrading the collection's table"):
+                    self._table.checkout_latest()
+                    have = set(self._table.schema.names)
+                    missing = [f for f in UPLOAD_FIELDS if f.name not in have]
+                    if missing:
+                        self._table.add_columns(missing)
+                        self._table.checkout_latest()
+                    if self.schema_version < SCHEMA_VERSION:
+                        self._table.to_lance().update_schema_metadata({_META_SCHEMA.decode(): str(SCHEMA_VERSION)})
+                        self._table.checkout_latest()
+                log.warning("upgraded the collection's table %s to schema %d", self.uri, SCHEMA_VERSION)
+                return
+            except (StorageError, OSError, RuntimeError, ValueError) as exc:
+                if attempt == UPGRADE_ATTEMPTS:
+                    raise CatalogError(
+                        f"the collection's table could not be upgraded to schema {SCHEMA_VERSION}: {exc}"
+                    ) from None
+                log.info("upgrading the table met another writer (%s); trying again", exc)
+                time.sleep(0.1 * attempt)
 
     # -- facts ------------------------------------------------------------------------------------------------
 
@@ -237,6 +289,7 @@ class CollectionTable:
             "added_at": [datetime.fromisoformat(img.added_at) if img.added_at else now for img in images],
             "model": [model] * len(images),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+            **{f.name: [getattr(img, f.name) for img in images] for f in UPLOAD_FIELDS},
         }
         return pa.table(columns, schema=self._table.schema)
 
@@ -247,6 +300,16 @@ class CollectionTable:
         with table_io("deleting images"):
             self._table.checkout_latest()
             return int(self._table.delete(_id_filter(image_ids)).version)
+
+    def approve(self, image_ids: Sequence[int]) -> int:
+        """Held rows become public, or private when they have an owner (one transaction each); returns the
+        version. Safe to repeat: only rows still held change."""
+        held = f"{_id_filter(image_ids)} AND visibility = '{HELD}'"
+        with table_io("approving images"):
+            self._table.checkout_latest()
+            self._table.update(where=f"{held} AND owner_hash IS NULL", values={"visibility": PUBLIC})
+            self._table.update(where=f"{held} AND owner_hash IS NOT NULL", values={"visibility": PRIVATE})
+            return int(self._table.version)
 
     def optimize(self, *, keep_versions_s: float) -> dict[str, Any]:
         """Compact small fragments, index the lookup columns, drop versions older than ``keep_versions_s``.
@@ -286,13 +349,19 @@ class CollectionTable:
             return {}
         return {r.id: r for r in self.records_where(ds, _id_filter(image_ids))}
 
-    def find_by_sha256(self, ds: Any, *hashes: str | None) -> ImageRecord | None:
-        """The image whose stored or original bytes have one of these hashes (one query for all of them)."""
+    def find_by_sha256(self, ds: Any, *hashes: str | None, where: str | None = None) -> ImageRecord | None:
+        """The image whose stored or original bytes have one of these hashes (one query for all of them), among
+        the rows passing ``where``."""
         wanted = ", ".join(f"'{h}'" for h in dict.fromkeys(hashes) if h and is_sha256(h))
         if not wanted:
             return None
-        found = self.records_where(ds, f"sha256 IN ({wanted}) OR source_sha256 IN ({wanted})", limit=1)
+        condition = f"(sha256 IN ({wanted}) OR source_sha256 IN ({wanted}))" + (f" AND {where}" if where else "")
+        found = self.records_where(ds, condition, limit=1)
         return found[0] if found else None
+
+    def delete_hash(self, ds: Any, image_id: int) -> str | None:
+        table = self._read(ds, _id_filter([image_id]), ["delete_hash"], limit=1)
+        return table.column("delete_hash")[0].as_py() if table.num_rows else None
 
     def find_by_key(self, ds: Any, key: str) -> ImageRecord | None:
         quoted = key.replace("'", "''")
@@ -306,12 +375,13 @@ class CollectionTable:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32)
         return ids_and_vectors(table)
 
-    def hashes(self, ds: Any) -> set[str]:
-        """Every stored and original sha256, for skipping files an ingest has already seen."""
+    def hashes(self, ds: Any, *, where: str | None = None) -> set[str]:
+        """Every stored and original sha256 (of the rows passing ``where``), for skipping files an ingest has
+        already seen."""
         if ds is None:
             return set()
         with table_io("reading image hashes"):
-            table = ds.to_table(columns=["sha256", "source_sha256"])
+            table = ds.to_table(columns=["sha256", "source_sha256"], filter=where)
         known = set(table.column("sha256").to_pylist())
         known.update(s for s in table.column("source_sha256").to_pylist() if s)
         return known
@@ -341,6 +411,9 @@ def _records(table: pa.Table) -> list[ImageRecord]:
             caption=row["caption"],
             metadata=json.loads(row["metadata"] or "{}"),
             added_at=row["added_at"].isoformat(),
+            visibility=row["visibility"] or PUBLIC,
+            client_id=row["client_id"],
+            moderation_score=row["moderation_score"],
         )
         for row in rows
     ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
+from clip_search.collection.visibility import PUBLIC_VIEWER, Viewer
 from clip_search.errors import EmptyQueryError, InvalidQueryError, NotFoundError
 from clip_search.search.filters import Filters
 
@@ -72,6 +73,7 @@ class Query:
     order: Order = "relevance"
     k: int | None = None
     start: int = 0
+    viewer: Viewer = PUBLIC_VIEWER  # whose private photos it may find (never part of its JSON)
     runner: Runner | None = field(default=None, compare=False, repr=False)
 
     # -- building -------------------------------------------------------------------------------------------------
@@ -135,6 +137,11 @@ class Query:
         if order not in ORDERS:
             raise InvalidQueryError(f"sort must be one of {', '.join(ORDERS)}, not {order!r}")
         return replace(self, order=order)  # type: ignore[arg-type]
+
+    def seen_by(self, viewer: Viewer) -> Query:
+        """The same query for a viewer who may see more than the public (a visitor key's owner: see
+        :meth:`clip_search.engine.SearchEngine.viewer`)."""
+        return replace(self, viewer=viewer)
 
     def limit(self, k: int) -> Query:
         """Results per page."""

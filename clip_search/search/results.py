@@ -21,6 +21,7 @@ class SearchHit:
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     added_at: str | None = None
+    visibility: str = "public"  # "private" for the key holder's own private photos
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,9 @@ Orders and pages:
   ``search.min_probability`` for a query of one text (SigLIP's calibrated probability), and otherwise a hit scoring
   at least ``search.good_match_ratio`` times the best hit's score; at most ``search.sort_pool`` of the best are
   considered. Without parts or feedback: every image passing the filters, by date (a browse).
-Results stop at ``search.max_results`` (the furthest page a visitor can reach).
+Results stop at ``search.max_results`` (the furthest page a visitor can reach). Every step sees only the images the
+query's viewer may see (:mod:`clip_search.collection.visibility`): its results, its browse, and the collection
+images it names as terms or marks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from clip_search.collection import Collection
+from clip_search.collection.visibility import Viewer
 from clip_search.config import SearchSettings
 from clip_search.errors import InvalidQueryError
 from clip_search.search.arithmetic import Feedback, combine, query_vector
@@ -36,8 +39,8 @@ class QueryRunner:
         collection: Collection,
         settings: SearchSettings,
         *,
-        embed_part: Callable[[Part], np.ndarray],
-        make_hits: Callable[[Ranked, bool], list[SearchHit]],
+        embed_part: Callable[[Part, Viewer], np.ndarray],
+        make_hits: Callable[[Ranked, bool, Viewer], list[SearchHit]],
         probability: Callable[[np.ndarray], np.ndarray | None],
     ) -> None:
         self.collection = collection
@@ -62,13 +65,16 @@ class QueryRunner:
             return self._page(query, ranked, start, k, has_more=len(ordered) > start + k, total=len(ordered))
         vector = self.vector(query)
         exclude = query.excluded_ids()
+        viewer = query.viewer
         if query.order == "relevance":
-            found = self.collection.search(vector[None], start + k + 1, exclude=exclude, where=where)[0]
+            found = self.collection.search(vector[None], start + k + 1, exclude=exclude, where=where, viewer=viewer)[0]
             found.sort(key=lambda hit: (-hit[1], hit[0]))
             return self._page(query, found[start : start + k], start, k, has_more=len(found) > start + k)
-        pool = self.collection.search(vector[None], self.settings.sort_pool, exclude=exclude, where=where)[0]
+        pool = self.collection.search(
+            vector[None], self.settings.sort_pool, exclude=exclude, where=where, viewer=viewer
+        )[0]
         good = self.good_matches(pool, single_text=query.has_probability)
-        ordered = self._by_time([i for i, _ in good], where, newest=query.order == "newest")
+        ordered = self._by_time([i for i, _ in good], where, query)
         scores = dict(good)
         ranked = [(i, scores[i]) for i in ordered[start : start + k]]
         return self._page(query, ranked, start, k, has_more=len(ordered) > start + k, total=len(ordered))
@@ -76,9 +82,10 @@ class QueryRunner:
     def vector(self, query: Query) -> np.ndarray:
         """The query's unit vector (see :mod:`clip_search.search.arithmetic` for the formula)."""
         parts = query.parts
-        summed = combine([self.embed_part(p) for p in parts], [p.weight for p in parts]) if parts else None
-        good = self._marked(query.liked)
-        bad = self._marked(query.disliked)
+        parts_vectors = [self.embed_part(p, query.viewer) for p in parts]
+        summed = combine(parts_vectors, [p.weight for p in parts]) if parts else None
+        good = self._marked(query.liked, query.viewer)
+        bad = self._marked(query.disliked, query.viewer)
         return query_vector(summed, good, bad, self.feedback)
 
     def good_matches(self, ranked: Ranked, *, single_text: bool) -> Ranked:
@@ -94,28 +101,28 @@ class QueryRunner:
             keep = scores >= (best * self.settings.good_match_ratio if best > 0 else best)
         return [hit for hit, ok in zip(ranked, keep, strict=True) if ok]
 
-    def _marked(self, image_ids: Sequence[int]) -> np.ndarray | None:
+    def _marked(self, image_ids: Sequence[int], viewer: Viewer) -> np.ndarray | None:
         if not image_ids:
             return None
-        ids, vectors = self.collection.embeddings(image_ids)
+        ids, vectors = self.collection.embeddings(image_ids, viewer)
         if len(ids) < len(image_ids):
             log.info("%d marked images are no longer in the collection", len(image_ids) - len(ids))
         return vectors if len(ids) else None
 
     def _browse(self, query: Query, where: str | None) -> np.ndarray:
-        ids, _ = self.collection.matching(where)
+        ids, _ = self.collection.matching(where, viewer=query.viewer)
         return ids[::-1] if query.order in ("newest", "relevance") else ids
 
-    def _by_time(self, image_ids: list[int], where: str | None, *, newest: bool) -> list[int]:
+    def _by_time(self, image_ids: list[int], where: str | None, query: Query) -> list[int]:
         """These ids ordered by the time they were added (ties by id)."""
-        ids, _ = self.collection.matching(where)
+        ids, _ = self.collection.matching(where, viewer=query.viewer)
         chosen = ids[np.isin(ids, np.asarray(image_ids, dtype=np.int64))]
-        return (chosen[::-1] if newest else chosen).tolist()
+        return (chosen[::-1] if query.order == "newest" else chosen).tolist()
 
     def _page(
         self, query: Query, ranked: Ranked, start: int, k: int, *, has_more: bool, total: int | None = None
     ) -> SearchPage:
-        hits = self.make_hits(ranked, query.has_probability)
+        hits = self.make_hits(ranked, query.has_probability, query.viewer)
         confident = True
         if query.has_probability and query.order == "relevance" and hits:
             confident = any((h.probability or 0.0) >= self.settings.min_probability for h in hits)
