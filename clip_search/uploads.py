@@ -12,6 +12,8 @@
 
 A private photo is stored under a key with 128 random bits (``images/private/<random>.<ext>``) instead of its
 content hash, so its URL cannot be guessed from the photo, and only a search carrying its key ever gets that URL.
+A held photo is stored there too: before an admin approves it nobody can fetch it by its content's key, and a
+crash between storing it and committing its row never lets ``storage sync`` index it as public.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def _add(
             )
     code, code_hash = new_delete_code(owned_image_id(prepared.sha256, owner))
     upload = replace(fields, delete_hash=code_hash)
-    stored = replace(prepared, upload=upload, store_key=private_key(prepared.ext) if owner else None)
+    unlisted = owner is not None or upload.visibility == HELD  # never at a key its content gives away
+    stored = replace(prepared, upload=upload, store_key=private_key(prepared.ext) if unlisted else None)
     result = engine.commit([stored], vectors=vector)[0]
     if result.status != "added":
         return replace(result, message=f"{name}: {result.message}", source=name)

@@ -16,6 +16,7 @@ import pytest
 from clip_search.encoder import HFEncoder
 from clip_search.engine import SearchEngine
 from clip_search.errors import ConfigError, NotFoundError
+from clip_search.store import is_private_key
 from tests.conftest import make_settings, shared_data
 from tests.moderation_hooks import FLAGGED_ENV, size_of
 
@@ -109,6 +110,7 @@ def test_a_held_photo_is_invisible_everywhere_until_approved(tmp_path, tiny_mode
         assert (held.status, held.visibility) == ("added", "held") and held.delete_code
         assert "held for review" in held.message
         assert engine.store.exists(held.key)  # stored, only not shown
+        assert is_private_key(held.key)  # at a random key: no one fetches it by its content, sync skips it
         engine.encoder.texts["what the held photo shows"] = CLOSE
 
         def everywhere() -> list[set[int]]:
