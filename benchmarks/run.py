@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model directory (default: base-architecture random SigLIP)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clip-search-bench")
     parser.add_argument("--only", nargs="+", choices=[f.__name__ for f in FIGURES], help="measure only these")
-    parser.add_argument("--resume", action="store_true", help="keep the figures an interrupted run finished")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the figures saved by an earlier run (with --only: all but those)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     plan = QUICK if args.quick else Plan()
@@ -351,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(plan, args.model or base_model(args.work), args.work)
     done = ctx.resume() if args.resume else set()
     for figure in FIGURES:
-        if (args.only and figure.__name__ not in args.only) or figure.__name__ in done:
+        if args.only:  # measured again, whatever was saved
+            if figure.__name__ not in args.only:
+                continue
+            ctx.rows = [row for row in ctx.rows if row.measured_by != figure.__name__]
+        elif figure.__name__ in done:
             continue
         log.info("measuring %s", figure.__name__)
         started, ctx.measuring = time.perf_counter(), figure.__name__
