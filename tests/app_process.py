@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -129,3 +131,32 @@ def start_app(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def search_event(url: str) -> tuple[int, int]:
+    """The Search tab's search (its fn index) and the query box (its trigger), read from the page's config."""
+    config = requests.get(url + "/config", timeout=30).json()
+    box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "search-query")
+    fn = next(d["id"] for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
+    return fn, box
+
+
+def search_as_page(
+    http: requests.Session, url: str, event: tuple[int, int], session: str, text: str, k: int = 12
+) -> dict[str, Any]:
+    """One search as the page sends it (Enter in the query box): join the queue, read the session's stream until
+    that event completes; its ``process_completed`` message is returned (``output.data``: the panel's values)."""
+    fn, trigger = event
+    data = [text, "", "", "", "all", "", "any", "relevance", k]
+    body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": trigger}
+    joined = http.post(url + "/gradio_api/queue/join", json=body, timeout=60)
+    joined.raise_for_status()
+    event_id = joined.json()["event_id"]
+    stream = http.get(url + "/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120)
+    with stream:
+        for line in stream.iter_lines():
+            if line.startswith(b"data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
+                    return message
+    raise RuntimeError("the stream ended before the search completed")

@@ -7,7 +7,6 @@ about 1 GB for this page). Sessions are driven over plain HTTP, as browsers do: 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.app_process import RunningApp, start_app
+from tests.app_process import RunningApp, search_as_page, search_event, start_app
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
@@ -43,36 +42,16 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def _search_event(url: str) -> tuple[int, int]:
-    """The Search tab's search (fn index) and the query box (its trigger), from the page's config."""
-    config = requests.get(url + "/config", timeout=30).json()
-    box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "search-query")
-    fn = next(d["id"] for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
-    return fn, box
-
-
 def visit(url: str, event: tuple[int, int], text: str) -> None:
     """A new visitor (a fresh session) searches once and reads the results, as the page does."""
-    fn, trigger = event
-    session = uuid.uuid4().hex[:11]
-    data = [text, "", "", "", "all", "", "any", "relevance", 12]
     with requests.Session() as http:
-        body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": trigger}
-        http.post(url + "/gradio_api/queue/join", json=body, timeout=60).raise_for_status()
-        stream = http.get(url + "/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120)
-        with stream:
-            for line in stream.iter_lines():
-                if line.startswith(b"data:"):
-                    message = json.loads(line[5:])
-                    if message.get("msg") == "process_completed":
-                        assert message.get("success"), message
-                        assert len(message["output"]["data"][1]["value"]) == 12  # the gallery
-                        return
-    raise AssertionError("the stream ended before the search completed")
+        message = search_as_page(http, url, event, uuid.uuid4().hex[:11], text)
+    assert message.get("success"), message
+    assert len(message["output"]["data"][1]["value"]) == 12  # the gallery
 
 
 def visits(url: str, n: int) -> None:
-    event = _search_event(url)
+    event = search_event(url)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: visit(url, event, f"a photo of thing number {i % 40}"), range(n)))
 
