@@ -211,12 +211,8 @@ class SearchEngine:
     # -- search ---------------------------------------------------------------------------------------------------
 
     def result_count(self, k: object) -> int:
-        """How many results a caller's ``k`` asks for (see :meth:`_k`): what the app passes on to a query."""
-        return self._k(k)
-
-    def _k(self, k: object) -> int:
-        """How many results: clamped to 1..``search.max_k`` (an API client may send 0 or 1e9); not a number is
-        refused in words."""
+        """How many results a caller's ``k`` asks for: clamped to 1..``search.max_k`` (an API client may send 0
+        or 1e9); not a number is refused in words."""
         if k is None:
             return self.settings.search.default_k
         top = self.settings.search.max_k
@@ -332,15 +328,15 @@ class SearchEngine:
 
     def search_text(self, query: str, k: int | None = None) -> list[SearchHit]:
         """Images best matching a text, with SigLIP's match probability."""
-        return self.search(self.query(query).limit(self._k(k))).hits
+        return self.search(self.query(query).limit(self.result_count(k))).hits
 
     def search_image(self, image: bytes | str | Path | Image.Image, k: int | None = None) -> list[SearchHit]:
         """Images most similar to a query image."""
-        return self.search(self.query(image=image).limit(self._k(k))).hits
+        return self.search(self.query(image=image).limit(self.result_count(k))).hits
 
     def search_similar(self, image_id: int, k: int | None = None) -> list[SearchHit]:
         """ "More like this": neighbours of an image already in the collection, itself excluded."""
-        return self.search(self.query(id=_as_id(image_id)).limit(self._k(k))).hits
+        return self.search(self.query(id=_as_id(image_id)).limit(self.result_count(k))).hits
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Raw top-k (id, cosine) for many query vectors at once (evaluation, batch jobs)."""
