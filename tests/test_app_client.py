@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from tests.app_process import RunningApp, start_app
+from tests.app_process import RunningApp, search_as_page, search_event, start_app
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
@@ -179,3 +181,30 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
     finally:
         demo.close()
         engine.close()
+
+
+def test_a_returning_visitor_gets_values_and_only_the_changes(app: RunningApp):
+    """The page's search answers with the gallery's items and leaves "Load more" alone once they are shown: an
+    update of a component (shown or hidden) costs the app ~10 ms, so one is sent only when visibility changes."""
+    event = search_event(app.url)
+    session = uuid.uuid4().hex[:11]
+    with requests.Session() as http:
+
+        def panel(text: str, caption: str = "") -> tuple[Any, Any]:
+            message = search_as_page(http, app.url, event, session, text, 5, caption=caption)
+            assert message["success"], message
+            outputs = message["output"]["data"]  # status, gallery, state, load more, details, marks
+            return outputs[1], outputs[3]
+
+        def shown(update: Any) -> bool | None:
+            return update.get("visible") if isinstance(update, dict) else None
+
+        gallery, more = panel("a dog")  # a first answer: both shown
+        assert shown(gallery) is True and len(gallery["value"]) == 5 and shown(more) is True
+        gallery, more = panel("a cat")  # already shown: the items alone, "Load more" untouched
+        assert isinstance(gallery, list) and len(gallery) == 5 and more == {"__type__": "update"}
+        assert gallery[0]["image"]["url"].startswith(f"{app.url}/images/")
+        gallery, more = panel("a cat", caption="nosuchword")  # nothing matches: both hidden
+        assert shown(gallery) is False and gallery["value"] == [] and shown(more) is False
+        gallery, more = panel("a bird")  # and shown again
+        assert shown(gallery) is True and len(gallery["value"]) == 5 and shown(more) is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gradio as gr
@@ -16,10 +17,19 @@ from clip_search.app.routes import image_routes, root_api_url
 from clip_search.app.text import header_html
 from clip_search.engine import SearchEngine
 
+# Gradio 6.31 summarises the last GRADIO_ANALYTICS_MAX_EVENTS (default 10,000) events of its queue in a pandas
+# DataFrame after every GRADIO_ANALYTICS_CACHE_FREQUENCY (default 1) of them, for a monitoring page this app never
+# turns on: 8 ms of CPU per search over 1,000 records, 23 ms over 10,000 (a search itself is ~3 ms), and 10,000
+# records kept. Here: at most 1,000 records, summarised once per 1,000 events. Read by ``demo.queue()``; a value
+# already in the environment wins (tests/test_app_speed.py fails if Gradio stops reading these).
+QUEUE_ANALYTICS_ENV = {"GRADIO_ANALYTICS_MAX_EVENTS": "1000", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
+
 
 def build_app(engine: SearchEngine) -> gr.Blocks:
     """The whole app over ``engine``. Queue and launch options are the caller's (see ``app.py``)."""
     app = engine.settings.app
+    for name, value in QUEUE_ANALYTICS_ENV.items():
+        os.environ.setdefault(name, value)
     ctx = Context(
         engine=engine,
         gate=Gate(engine),

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import gradio as gr
+from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.data_classes import ImageData
+from gradio_client.utils import get_mimetype, is_http_url_like
 
 CSS = """
 .cs-header { padding: 0.25rem 0 0.5rem 0; }
@@ -114,3 +119,34 @@ def upload_files_input(**kwargs: Any) -> gr.File:
 
 def _as_sent(payload: Any) -> Any:
     return payload
+
+
+def linked_gallery(**kwargs: Any) -> gr.Gallery:
+    """A gallery whose items are ``(http(s) link, caption)``, as every gallery here is (the ``/images`` route,
+    presigned S3 URLs): its value is built in place. Gradio's own postprocess starts a thread pool for each answer
+    (1-2 ms a search, more on a busy CPU) to do what costs nothing for links; anything else still goes through it.
+    Replaced on the instance, as the inputs above are (a subclass would make Gradio write a .pyi file here)."""
+    component = gr.Gallery(**kwargs)
+    gradio_postprocess = component.postprocess
+
+    def postprocess(value: Any) -> GalleryData:
+        items = [_linked_image(item) for item in value] if isinstance(value, list) else [None]
+        if any(item is None for item in items):
+            return gradio_postprocess(value)
+        return GalleryData(root=items)
+
+    component.postprocess = postprocess  # type: ignore[method-assign]
+    return component
+
+
+def _linked_image(item: Any) -> GalleryImage | None:
+    """What Gradio's postprocess makes of a ``(link, caption)`` item (tests/test_ui_components.py holds the two
+    equal); None for anything else (a file, an SVG, a video)."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+        return None
+    url, caption = item
+    mime = get_mimetype(url)
+    if not is_http_url_like(url) or url.lower().endswith(".svg") or (mime and "video" in mime):
+        return None
+    image = ImageData(path=url, url=url, orig_name=Path(urlparse(url).path).name, mime_type=mime)
+    return GalleryImage(image=image, caption=caption)
