@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -133,22 +133,31 @@ def start_app(
                 process.wait()
 
 
-def search_event(url: str) -> tuple[int, int]:
-    """The Search tab's search (its fn index) and the query box (its trigger), read from the page's config."""
+class PageEvent(NamedTuple):
+    """One of the page's events as its config describes it: the function, what triggers it, how many inputs."""
+
+    fn: int
+    trigger: int
+    inputs: int
+
+
+def search_event(url: str) -> PageEvent:
+    """The Search tab's search (Enter in the query box), read from the page's config."""
     config = requests.get(url + "/config", timeout=30).json()
     box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "search-query")
-    fn = next(d["id"] for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
-    return fn, box
+    dep = next(d for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
+    return PageEvent(dep["id"], box, len(dep["inputs"]))
 
 
 def search_as_page(
-    http: requests.Session, url: str, event: tuple[int, int], session: str, text: str, k: int = 12
+    http: requests.Session, url: str, event: PageEvent, session: str, text: str, k: int = 12, caption: str = ""
 ) -> dict[str, Any]:
-    """One search as the page sends it (Enter in the query box): join the queue, read the session's stream until
-    that event completes; its ``process_completed`` message is returned (``output.data``: the panel's values)."""
-    fn, trigger = event
-    data = [text, "", "", "", "all", "", "any", "relevance", k]
-    body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": trigger}
+    """One search as the page sends it: join the queue (the Search tab's fields; null for the panel's state, as
+    the page sends; ``caption``: the filter's word), read the session's stream until that event completes; its
+    ``process_completed`` message is returned (``output.data``: the panel's values)."""
+    fields = [text, "", "", "", "all", caption, "any", "relevance", k]
+    data = fields + [None] * (event.inputs - len(fields))
+    body = {"data": data, "fn_index": event.fn, "session_hash": session, "trigger_id": event.trigger}
     joined = http.post(url + "/gradio_api/queue/join", json=body, timeout=60)
     joined.raise_for_status()
     event_id = joined.json()["event_id"]
@@ -160,3 +169,9 @@ def search_as_page(
                 if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
                     return message
     raise RuntimeError("the stream ended before the search completed")
+
+
+def gallery_items(message: dict[str, Any], position: int = 1) -> list[Any]:
+    """The gallery's items in a completed search's output, whether sent as a value or as an update with one."""
+    value = message["output"]["data"][position]
+    return value["value"] if isinstance(value, dict) else value

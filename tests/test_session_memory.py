@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.app_process import RunningApp, search_as_page, search_event, start_app
+from tests.app_process import PageEvent, RunningApp, gallery_items, search_as_page, search_event, start_app
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
@@ -42,12 +42,12 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def visit(url: str, event: tuple[int, int], text: str) -> None:
+def visit(url: str, event: PageEvent, text: str) -> None:
     """A new visitor (a fresh session) searches once and reads the results, as the page does."""
     with requests.Session() as http:
         message = search_as_page(http, url, event, uuid.uuid4().hex[:11], text)
     assert message.get("success"), message
-    assert len(message["output"]["data"][1]["value"]) == 12  # the gallery
+    assert len(gallery_items(message)) == 12
 
 
 def visits(url: str, n: int) -> None:
