@@ -30,9 +30,9 @@ from pathlib import Path
 import requests
 
 from tests.app_process import PageEvent, RunningApp, gallery_items, search_as_page, search_event, start_app
-from tests.conftest import ROOT
+from tests.conftest import SHARED_DATA
 
-PHOTOS = ROOT.parent / "shared" / "data" / "imagenette-val"
+PHOTOS = SHARED_DATA / "imagenette-val"
 EXTRA_CONFIG = "rate_limit:\n  searches_per_minute: 0\n"  # every visitor comes from 127.0.0.1
 WORDS = ("a dog", "a church", "a truck", "a fish", "a parachute", "a golf ball", "a chainsaw", "a horn")
 PLACES = ("", " on grass", " at night", " in the snow", " by the sea", " in a city")

@@ -153,7 +153,7 @@ def search_as_page(
     http: requests.Session, url: str, event: PageEvent, session: str, text: str, k: int = 12, caption: str = ""
 ) -> dict[str, Any]:
     """One search as the page sends it: join the queue (the Search tab's fields; null for the panel's state, as
-    the page sends; ``caption``: the filter's word), read the session's stream until that event completes; its
+    the page sends; ``caption``: the filter's word), read the session's stream until it closes; the event's
     ``process_completed`` message is returned (``output.data``: the panel's values)."""
     fields = [text, "", "", "", "all", caption, "any", "relevance", k]
     data = fields + [None] * (event.inputs - len(fields))
@@ -161,14 +161,17 @@ def search_as_page(
     joined = http.post(url + "/gradio_api/queue/join", json=body, timeout=60)
     joined.raise_for_status()
     event_id = joined.json()["event_id"]
+    completed = None
     stream = http.get(url + "/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120)
     with stream:
-        for line in stream.iter_lines():
+        for line in stream.iter_lines():  # to the stream's end, as a browser does: the connection is then reused
             if line.startswith(b"data:"):
                 message = json.loads(line[5:])
                 if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
-                    return message
-    raise RuntimeError("the stream ended before the search completed")
+                    completed = message
+    if completed is None:
+        raise RuntimeError("the stream ended before the search completed")
+    return completed
 
 
 def gallery_items(message: dict[str, Any], position: int = 1) -> list[Any]:

@@ -79,11 +79,14 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
 
 def queue_options(engine: SearchEngine) -> dict[str, Any]:
     """``demo.queue(...)``: a bounded queue. Searches and uploads have their own concurrency groups (set on
-    the events), so a long upload never takes the slots searches run in."""
+    the events), so a long upload never takes the slots searches run in. Waiting visitors hear their place in the
+    queue once a second, not each time any search starts (Gradio's "auto": a message to every waiting visitor per
+    search, 50 visitors waiting meant ~50 x 50 messages a second)."""
     app = engine.settings.app
     return {
         "max_size": app.queue_max_size,
         "default_concurrency_limit": app.search_concurrency,
+        "status_update_rate": 1.0,
     }
 
 

@@ -34,49 +34,29 @@ from clip_search.app.session import (
     search_request,
     state_gallery,
 )
-from clip_search.app.text import WEAK_MARKER, describe_hit, md_escape, sentence
+from clip_search.app.text import WEAK_MARKER, describe_hit, md_escape, panel_markers, sentence
 from clip_search.app.uploads import discard_uploaded_copies, no_files_message, upload_files
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError
 
 
 def _panel_outputs(panel: ResultsPanel) -> list[Any]:
-    """A new search's outputs: status, gallery, state, "Load more", the details closed, the marks note."""
-    return [panel.status, panel.gallery, panel.state, panel.load_more, panel.details, panel.marks]
+    """A new search's outputs: status, gallery, state, the details closed, the marks note."""
+    return [panel.status, panel.gallery, panel.state, panel.details, panel.marks]
 
 
 def _show_page(
-    engine: SearchEngine,
-    results: PageResults,
-    request: gr.Request | None,
-    before: dict[str, Any] | None,
-    *,
-    close_details: bool = True,
+    engine: SearchEngine, results: PageResults, request: gr.Request | None, *, close_details: bool = True
 ) -> tuple[Any, ...]:
-    """A new page in the panel whose previous answer left ``before`` in the session. The gallery gets a bare value
-    and "Load more" is left alone unless their visibility changes: a visibility update makes Gradio build the
-    component anew and recompute its API schema for the session (~10 ms for a gallery), a bare value does not."""
-    marker = "" if results.page.confident else WEAK_MARKER
-    had_results, had_more = _panel_shows(before)
-    has_results, has_more = bool(results.page.hits), results.page.has_more
+    """A page in its panel: the status line (whose markers show the gallery and "Load more"), the gallery's items,
+    the session's state, and the details closed (a new query) or left open with the marks (Refine, More like this)."""
+    page = results.page
+    markers = panel_markers(results=bool(page.hits), more=page.has_more, confident=page.confident)
     gallery = public_gallery(engine, results.gallery(), request)
-    values = (
-        results.message + marker,
-        gallery if had_results is has_results else gr.update(value=gallery, visible=has_results),
-        results.state,
-        gr.skip() if had_more is has_more else gr.update(visible=has_more),
-    )
+    values = (results.message + markers, gallery, results.state)
     if close_details:
         return (*values, gr.update(visible=False), "")
     return (*values, marks_note(results.state))
-
-
-def _panel_shows(state: dict[str, Any] | None) -> tuple[bool | None, bool | None]:
-    """What a results panel shows after the answer that left ``state``: the gallery (there were results) and
-    "Load more" (there are more); None for both before a first answer, or once the session was forgotten."""
-    if not state:
-        return None, None
-    return bool(state["ids"]), state.get("next") is not None
 
 
 def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
@@ -93,7 +73,6 @@ def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
         orientation: str,
         sort: str,
         k: float,
-        state: dict[str, Any] | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:
         """The Search tab: words, words to avoid, filters, an order; the first page of results."""
@@ -109,9 +88,9 @@ def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
             sort=sort,
             k=engine.result_count(k),
         )
-        return _show_page(engine, run_state(engine, new_state("text", query)), request, state)
+        return _show_page(engine, run_state(engine, new_state("text", query)), request)
 
-    inputs, outputs = [*tab.inputs, tab.panel.state], _panel_outputs(tab.panel)
+    inputs, outputs = tab.inputs, _panel_outputs(tab.panel)
     options = {"api_visibility": "private", **ctx.search_queue}
     gr.on([tab.query.submit, tab.button.click, tab.without.submit], on_find, inputs=inputs, outputs=outputs, **options)
     tab.examples.load_input_event.then(on_find, inputs=inputs, outputs=outputs, **options)
@@ -122,16 +101,13 @@ def wire_image_tab(ctx: Context, tab: ImageTab) -> None:
     engine, gate = ctx.engine, ctx.gate
 
     @friendly
-    def on_find_image(
-        image: str | None, text: str, url: str, k: float, state: dict[str, Any] | None, request: gr.Request
-    ) -> tuple[Any, ...]:
+    def on_find_image(image: str | None, text: str, url: str, k: float, request: gr.Request) -> tuple[Any, ...]:
         gate.search(request)
         data = load_query_image(engine, image, url)
         query: dict[str, Any] = {"k": engine.result_count(k)}
         if text and text.strip():
             query["text"] = text.strip()
-        fresh = new_state("image", query, image=True)
-        return _show_page(engine, run_state(engine, fresh, data), request, state)
+        return _show_page(engine, run_state(engine, new_state("image", query, image=True), data), request)
 
     @friendly
     def on_query_image(image: str | None) -> tuple[Any, Any]:
@@ -149,7 +125,7 @@ def wire_image_tab(ctx: Context, tab: ImageTab) -> None:
         api_visibility="private",
         queue=False,
     )
-    inputs = [tab.image, tab.text, tab.url, tab.k, tab.panel.state]
+    inputs = [tab.image, tab.text, tab.url, tab.k]
     options = {"api_visibility": "private", **ctx.search_queue}
     gr.on(
         [tab.button.click, tab.url.submit, tab.text.submit],
@@ -175,10 +151,10 @@ def _wire_panel(ctx: Context, panel: ResultsPanel, k_input: gr.Slider, rerun_inp
         if not state:
             raise ClipSearchError("search first")
         results = run_state(engine, state, query_image(state, *image), more=True)
-        marker = "" if results.page.confident else WEAK_MARKER
+        page = results.page
+        markers = panel_markers(results=True, more=page.has_more, confident=page.confident)
         gallery = public_gallery(engine, state_gallery(engine, results.state), request)
-        load_more = gr.skip() if results.page.has_more else gr.update(visible=False)  # it was shown: it was clicked
-        return results.message + marker, gallery, results.state, load_more
+        return results.message + markers, gallery, results.state
 
     @friendly
     def on_refine(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
@@ -187,7 +163,7 @@ def _wire_panel(ctx: Context, panel: ResultsPanel, k_input: gr.Slider, rerun_inp
         if not state or not (state["good"] or state["bad"]):
             raise ClipSearchError("mark results with 👍 or 👎 first, then Refine")
         results = run_state(engine, state, query_image(state, *image))
-        return _show_page(engine, results, request, state, close_details=False)
+        return _show_page(engine, results, request, close_details=False)
 
     @friendly
     def on_similar(
@@ -202,24 +178,24 @@ def _wire_panel(ctx: Context, panel: ResultsPanel, k_input: gr.Slider, rerun_inp
         query = {"parts": [{"id": record.id}], "k": engine.result_count(k)}
         query.update({key: previous[key] for key in ("filters", "sort") if key in previous})
         fresh = new_state("similar", query, source=record.id)
-        return _show_page(engine, run_state(engine, fresh), request, state, close_details=False)
+        return _show_page(engine, run_state(engine, fresh), request, close_details=False)
 
     private = {"api_visibility": "private"}
     state_in = [panel.state, *rerun_inputs]
     panel.load_more.click(
         on_load_more,
         inputs=state_in,
-        outputs=[panel.status, panel.gallery, panel.state, panel.load_more],
+        outputs=[panel.status, panel.gallery, panel.state],
         **private,
         **ctx.search_queue,
     )
     panel.refine.click(
-        on_refine, inputs=state_in, outputs=[*_panel_outputs(panel)[:4], panel.marks], **private, **ctx.search_queue
+        on_refine, inputs=state_in, outputs=[*_panel_outputs(panel)[:3], panel.marks], **private, **ctx.search_queue
     )
     panel.more.click(
         on_similar,
         inputs=[panel.state, panel.selected, k_input],
-        outputs=[*_panel_outputs(panel)[:4], panel.marks],
+        outputs=[*_panel_outputs(panel)[:3], panel.marks],
         **private,
         **ctx.search_queue,
     )

@@ -81,13 +81,14 @@ def _results_panel(name: str) -> ResultsPanel:
                     object_fit="cover",
                     allow_preview=True,
                     interactive=False,
-                    visible=False,
                     fit_columns=False,
                     buttons=["download", "fullscreen"],
-                    elem_classes=["cs-results"],
+                    elem_classes=["cs-results"],  # shown by the status line's marker (text.panel_markers)
                     elem_id=f"{name}-gallery",
                 )
-                load_more = gr.Button("Load more", size="sm", visible=False, elem_id=f"{name}-load-more")
+                load_more = gr.Button(
+                    "Load more", size="sm", elem_classes=["cs-load-more"], elem_id=f"{name}-load-more"
+                )
             details, parts = _details_panel(name)
         selected = id_field(visible=False, precision=0, label="image id")
         state = gr.State(None)
