@@ -147,7 +147,7 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
     import threading
     import time
 
-    from clip_search.app import build
+    from clip_search.app import build, enable_queue
     from clip_search.engine import SearchEngine
     from clip_search.ingest import ingest_paths
     from tests.app_process import free_port
@@ -164,7 +164,7 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
         return real_upload(data, **kwargs)
 
     monkeypatch.setattr(engine, "upload", slow_upload)
-    demo = build.build_app(engine).queue(**build.queue_options(engine))
+    demo = enable_queue(build.build_app(engine), engine)
     port = free_port()
     demo.launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **build.launch_options(engine)

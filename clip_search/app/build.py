@@ -1,8 +1,7 @@
-"""The whole app (:func:`build_app`) and what ``app.py`` passes to ``queue()`` and ``launch()``."""
+"""The whole app (:func:`build_app`) and what ``app.py`` passes to ``launch()`` (the queue: ``queue.py``)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gradio as gr
@@ -17,19 +16,10 @@ from clip_search.app.routes import image_routes, root_api_url
 from clip_search.app.text import header_html
 from clip_search.engine import SearchEngine
 
-# Gradio 6.31 summarises the last GRADIO_ANALYTICS_MAX_EVENTS (default 10,000) events of its queue in a pandas
-# DataFrame after every GRADIO_ANALYTICS_CACHE_FREQUENCY (default 1) of them, for a monitoring page this app never
-# turns on: 8 ms of CPU per search over 1,000 records, 23 ms over 10,000 (a search itself is ~3 ms), and 10,000
-# records kept. Here: at most 1,000 records, summarised once per 1,000 events. Read by ``demo.queue()``; a value
-# already in the environment wins (tests/test_app_speed.py fails if Gradio stops reading these).
-QUEUE_ANALYTICS_ENV = {"GRADIO_ANALYTICS_MAX_EVENTS": "1000", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
-
 
 def build_app(engine: SearchEngine) -> gr.Blocks:
     """The whole app over ``engine``. Queue and launch options are the caller's (see ``app.py``)."""
     app = engine.settings.app
-    for name, value in QUEUE_ANALYTICS_ENV.items():
-        os.environ.setdefault(name, value)
     ctx = Context(
         engine=engine,
         gate=Gate(engine),
@@ -75,19 +65,6 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         gr.api(stats, api_name="stats", concurrency_limit=None)
         label_api_output(demo, "stats", "stats")
     return demo
-
-
-def queue_options(engine: SearchEngine) -> dict[str, Any]:
-    """``demo.queue(...)``: a bounded queue. Searches and uploads have their own concurrency groups (set on
-    the events), so a long upload never takes the slots searches run in. Waiting visitors hear their place in the
-    queue once a second, not each time any search starts (Gradio's "auto": a message to every waiting visitor per
-    search, 50 visitors waiting meant ~50 x 50 messages a second)."""
-    app = engine.settings.app
-    return {
-        "max_size": app.queue_max_size,
-        "default_concurrency_limit": app.search_concurrency,
-        "status_update_rate": 1.0,
-    }
 
 
 def label_api_output(demo: gr.Blocks, api_name: str, label: str) -> None:
