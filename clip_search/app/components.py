@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import gradio as gr
-from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.components.gallery import GalleryImage
 from gradio.data_classes import ImageData
 from gradio_client.utils import get_mimetype, is_http_url_like
 
@@ -125,30 +126,47 @@ def _as_sent(payload: Any) -> Any:
 
 def linked_gallery(**kwargs: Any) -> gr.Gallery:
     """A gallery whose items are ``(http(s) link, caption)``, as every gallery here is (the ``/images`` route,
-    presigned S3 URLs): its value is built in place. Gradio's own postprocess starts a thread pool for each answer
-    (1-2 ms a search, more on a busy CPU) to do what costs nothing for links; anything else still goes through it.
-    Replaced on the instance, as the inputs above are (a subclass would make Gradio write a .pyi file here)."""
+    presigned S3 URLs): its value is built in place, as the dicts Gradio's own postprocess would serialise. That one
+    starts a thread pool and builds pydantic models for each answer (2 ms for 12 results, 7 ms for 100, more on a
+    busy CPU) to do what costs nothing for links; anything else still goes through it. Replaced on the instance, as
+    the inputs above are (a subclass would make Gradio write a .pyi file here)."""
     component = gr.Gallery(**kwargs)
     gradio_postprocess = component.postprocess
 
-    def postprocess(value: Any) -> GalleryData:
+    def postprocess(value: Any) -> Any:
         items = [_linked_image(item) for item in value] if isinstance(value, list) else [None]
         if any(item is None for item in items):
             return gradio_postprocess(value)
-        return GalleryData(root=items)
+        return items
 
     component.postprocess = postprocess  # type: ignore[method-assign]
     return component
 
 
-def _linked_image(item: Any) -> GalleryImage | None:
-    """What Gradio's postprocess makes of a ``(link, caption)`` item (tests/test_ui_components.py holds the two
-    equal); None for anything else (a file, an SVG, a video)."""
+def _linked_image(item: Any) -> dict[str, Any] | None:
+    """What Gradio's postprocess makes of a ``(link, caption)`` item, serialised (tests/test_app_speed.py holds the
+    two equal); None for anything else (a file, an SVG, a video)."""
     if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
         return None
     url, caption = item
+    facts = _link_facts(url)
+    if facts is None:
+        return None
+    template = _item_template()
+    image = {**template["image"], "path": url, "url": url, "orig_name": facts[0], "mime_type": facts[1]}
+    return {**template, "image": {**image, "meta": dict(image["meta"])}, "caption": caption}
+
+
+@functools.lru_cache(maxsize=8192)
+def _link_facts(url: str) -> tuple[str, str | None] | None:
+    """A link's file name and type as Gradio reads them (the same images come back search after search)."""
     mime = get_mimetype(url)
     if not is_http_url_like(url) or url.lower().endswith(".svg") or (mime and "video" in mime):
         return None
-    image = ImageData(path=url, url=url, orig_name=Path(urlparse(url).path).name, mime_type=mime)
-    return GalleryImage(image=image, caption=caption)
+    return Path(urlparse(url).path).name, mime
+
+
+@functools.cache
+def _item_template() -> dict[str, Any]:
+    """A serialised gallery image with Gradio's own defaults (fields it adds later come along)."""
+    return GalleryImage(image=ImageData(path="", url=""), caption=None).model_dump()
