@@ -1,8 +1,9 @@
 """Memory per visitor: many new sessions must not grow the app without bound (issue 14, item 11).
 
-Gradio keeps, per session, a copy of the page's settings and every output it sent; the app keeps only a small
-query dict and result ids per results panel, and at most ``app.max_sessions`` sessions (Gradio's default is 10,000,
-about 1 GB for this page). Sessions are driven over plain HTTP, as browsers do: join the queue, read the stream.
+Gradio keeps, per session, a copy of the page's settings and every output it sent, and a message queue; the app
+keeps only a small query dict and result ids per results panel, and at most ``app.max_sessions`` sessions and
+message queues (Gradio's defaults: 10,000 and 2,000, about 1 GB for this page). Sessions are driven over plain
+HTTP, as browsers do: join the queue, read the stream.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from tests.conftest import shared_data
 pytestmark = pytest.mark.slow
 
 SESSIONS = 2000
-# Issue 14 asks for < 50 MB; measured 41 MB on a quiet machine and 62 MB during a full CI run: the rest is Gradio's
-# own per-session message queues (an LRU of 2,000 sessions in gradio.queueing), not yet bounded by the app. The
-# bound here still fails Gradio's default capacity (430 MB measured), which is what it guards.
-MAX_GROWTH_MB = 100
+WARM_UP = 20  # fewer than app.max_sessions (100): the sessions kept until it is reached are measured too
+# Issue 14's bound. Measured (2026-12-01, 2 cores shared with other jobs, load ~7): 24 MB, and 32 MB with two busy
+# loops running beside it (load ~11). Before the message queues were bounded and app.max_sessions lowered to 100:
+# 41 MB quiet, 62 MB during a full CI run; with Gradio's default capacity of 10,000 sessions: 430 MB.
+MAX_GROWTH_MB = 50
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def visits(url: str, n: int) -> None:
 
 
 def test_new_sessions_do_not_grow_memory_without_bound(app: RunningApp):
-    visits(app.url, 100)  # warm up: caches, thread pools, the first sessions
+    visits(app.url, WARM_UP)  # warm up: caches, thread pools, the first sessions
     before = rss_mb(app.process.pid)
     visits(app.url, SESSIONS)
     growth = rss_mb(app.process.pid) - before
