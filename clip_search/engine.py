@@ -23,7 +23,7 @@ from PIL import Image
 from clip_search.collection import Collection, ImageRecord, NewImage
 from clip_search.collection.location import open_collection
 from clip_search.collection.migrate import migrate_legacy
-from clip_search.collection.vector_index import set_faiss_threads
+from clip_search.collection.scan import set_search_threads
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import (
@@ -161,7 +161,7 @@ class SearchEngine:
         self.encoder: Encoder = encoder or HFEncoder.from_settings(settings.model)
         self.store = store or make_store(settings)
         self.store.check()
-        set_faiss_threads(settings.index.faiss_threads)
+        set_search_threads(settings.index.search_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.collection: Collection = open_collection(settings, model=self.encoder.name)
         migrate_legacy(settings, self.collection, self.store)

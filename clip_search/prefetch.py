@@ -16,15 +16,22 @@ R = TypeVar("R")
 
 
 def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int, name: str = "prefetch"
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int,
+    window: int,
+    name: str = "prefetch",
+    initializer: Callable[[], None] | None = None,
 ) -> Iterator[R]:
     """``fn(item)`` for each item, run in ``workers`` threads at most ``window`` items ahead, yielded in order.
 
     Closing the iterator early (a ``break``, an exception or Ctrl-C in the consumer) cancels the work not yet
-    started and waits for what is running, so no thread outlives the loop.
+    started and waits for what is running, so no thread outlives the loop. ``initializer`` runs once in each
+    thread first (the ingest lowers the threads' priority below the model's).
     """
     pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=initializer) as pool:
         try:
             for item in items:
                 pending.append(pool.submit(fn, item))
