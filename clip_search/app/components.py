@@ -23,6 +23,7 @@ CSS = """
 .cs-status p { margin: 0.2rem 0; }
 .cs-panel:not(:has(.cs-results-marker)) .cs-results { display: none !important; }
 .cs-panel:not(:has(.cs-more-marker)) .cs-load-more { display: none !important; }
+.cs-details:not(:has(.cs-opened-marker)) { display: none !important; }
 .cs-panel:has(.cs-weak-marker) .cs-results img { opacity: 0.55; filter: grayscale(0.5); }
 .cs-panel:has(.cs-weak-marker) .cs-results:hover img { opacity: 0.9; filter: none; }
 .cs-details { border-left: 3px solid var(--color-accent); padding-left: 0.75rem; }

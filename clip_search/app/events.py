@@ -34,29 +34,28 @@ from clip_search.app.session import (
     search_request,
     state_gallery,
 )
-from clip_search.app.text import WEAK_MARKER, describe_hit, md_escape, panel_markers, sentence
+from clip_search.app.text import OPENED_MARKER, WEAK_MARKER, describe_hit, md_escape, panel_markers, sentence
 from clip_search.app.uploads import discard_uploaded_copies, no_files_message, upload_files
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError
 
 
 def _panel_outputs(panel: ResultsPanel) -> list[Any]:
-    """A new search's outputs: status, gallery, state, the details closed, the marks note."""
-    return [panel.status, panel.gallery, panel.state, panel.details, panel.marks]
+    """A new search's outputs: status, gallery, state, the details (emptied: closed)."""
+    return [panel.status, panel.gallery, panel.state, panel.details_md]
 
 
 def _show_page(
     engine: SearchEngine, results: PageResults, request: gr.Request | None, *, close_details: bool = True
 ) -> tuple[Any, ...]:
     """A page in its panel: the status line (whose markers show the gallery and "Load more"), the gallery's items,
-    the session's state, and the details closed (a new query) or left open with the marks (Refine, More like this)."""
+    the session's state, and the details emptied, hence closed (a new query), or the marks note, the details left
+    open (Refine, More like this)."""
     page = results.page
     markers = panel_markers(results=bool(page.hits), more=page.has_more, confident=page.confident)
     gallery = public_gallery(engine, results.gallery(), request)
     values = (results.message + markers, gallery, results.state)
-    if close_details:
-        return (*values, gr.update(visible=False), "")
-    return (*values, marks_note(results.state))
+    return (*values, "") if close_details else (*values, marks_note(results.state))
 
 
 def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
@@ -212,12 +211,11 @@ def _wire_details(ctx: Context, panel: ResultsPanel) -> None:
         index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
         hit = opened_hit(engine, state, index)
         if hit is None:
-            return None, "", None, gr.update(visible=False), ""
+            return None, "", None, ""  # no details: the panel stays closed
         return (
             public_gallery(engine, [(hit["url"], f"image {hit['id']}")], request),
-            describe_hit(hit),
+            describe_hit(hit) + OPENED_MARKER,
             hit["id"],
-            gr.update(visible=True),
             marks_note(state),
         )
 
@@ -230,7 +228,7 @@ def _wire_details(ctx: Context, panel: ResultsPanel) -> None:
     panel.gallery.select(
         on_open,
         inputs=[panel.state],
-        outputs=[panel.opened, panel.details_md, panel.selected, panel.details, panel.marks],
+        outputs=[panel.opened, panel.details_md, panel.selected, panel.marks],
         **private,
     ).then(None, js=scroll_into_view(panel.details.elem_id), queue=False, **private)
 
@@ -244,11 +242,12 @@ def _wire_details(ctx: Context, panel: ResultsPanel) -> None:
         button.click(
             fn, inputs=[panel.state, panel.selected], outputs=[panel.state, panel.marks], queue=False, **private
         )
-    panel.close.click(_hide, outputs=[panel.details], queue=False, **private)
+    panel.close.click(_closed, outputs=[panel.details_md], queue=False, **private)
 
 
-def _hide() -> Any:
-    return gr.update(visible=False)
+def _closed() -> str:
+    """Details without a result: the stylesheet hides the panel."""
+    return ""
 
 
 def wire_api(ctx: Context, search: SearchTab, image: ImageTab, api: ApiOutputs) -> None:

@@ -97,7 +97,10 @@ def _results_panel(name: str) -> ResultsPanel:
 
 def _details_panel(name: str) -> tuple[gr.Column, tuple[Any, ...]]:
     with gr.Column(
-        scale=2, min_width=260, visible=False, elem_classes=["cs-details"], elem_id=f"{name}-details"
+        scale=2,
+        min_width=260,
+        elem_classes=["cs-details"],
+        elem_id=f"{name}-details",  # shown by text.OPENED_MARKER
     ) as details:
         opened = linked_gallery(
             show_label=False,
