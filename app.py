@@ -68,7 +68,7 @@ def serve(settings: Settings) -> None:
     collection and serve until stopped."""
     log = logging.getLogger("clip_search.app")
 
-    from clip_search.app import build_app, launch_options, queue_options, serve_local_images
+    from clip_search.app import build_app, enable_queue, launch_options, serve_local_images
     from clip_search.encoder import HFEncoder
     from clip_search.engine import SearchEngine
 
@@ -82,7 +82,7 @@ def serve(settings: Settings) -> None:
     log.info("collection: %d images, store: %s", engine.count(), engine.store.describe())
     serve_local_images(engine)
     demo = build_app(engine)
-    demo.queue(**queue_options(engine))
+    enable_queue(demo, engine)
     try:
         demo.launch(
             server_name=os.environ.get("GRADIO_SERVER_NAME") or settings.app.server_name,

@@ -177,7 +177,7 @@ class AppSettings(_Section):
     url_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
     url_timeout_s: float = Field(10.0, gt=0)
     cache_max_age_s: int = Field(3600, ge=0)
-    max_sessions: int = Field(200, ge=1)  # visitors' sessions kept in memory (Gradio's default is 10,000)
+    max_sessions: int = Field(100, ge=1)  # visitors' sessions kept in memory (Gradio's default is 10,000)
 
 
 class Settings(_Section):

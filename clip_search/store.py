@@ -81,11 +81,19 @@ class LocalImageStore(ImageStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
 
-    def path(self, key: str) -> Path:
-        """The file for ``key``, refusing keys that are not image keys or would escape the store's folder."""
-        if not key.startswith(IMAGE_PREFIX):
+    def relative(self, key: str) -> str:
+        """``images/ab/x.jpg`` -> ``ab/x.jpg``, the file's place under the store's folder (and under the app's
+        ``/images`` route), refusing keys that are not image keys or would leave the folder. Read from the text
+        alone, without touching the disk: a page of 100 results asks for 100 of them."""
+        relative = key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else ""
+        parts = relative.split("/")
+        if not relative or "\\" in relative or "\0" in relative or any(p in ("", ".", "..") for p in parts):
             raise StorageError(f"invalid image key: {key!r}")
-        candidate = (self.root / key[len(IMAGE_PREFIX) :]).resolve()
+        return relative
+
+    def path(self, key: str) -> Path:
+        """The file for ``key``; also refused when a link inside the folder would lead out of it."""
+        candidate = (self.root / self.relative(key)).resolve()
         if not candidate.is_relative_to(self.root) or candidate == self.root:
             raise StorageError(f"invalid image key: {key!r}")
         return candidate
@@ -124,7 +132,8 @@ class LocalImageStore(ImageStore):
                     yield key
 
     def url(self, key: str) -> str:
-        return str(self.path(key))
+        """The file's path (what the app's ``/images`` route serves), without a look at the disk."""
+        return os.path.join(self.root, *self.relative(key).split("/"))
 
     def check(self) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import requests
 
@@ -131,3 +133,50 @@ def start_app(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class PageEvent(NamedTuple):
+    """One of the page's events as its config describes it: the function, what triggers it, how many inputs."""
+
+    fn: int
+    trigger: int
+    inputs: int
+
+
+def search_event(url: str) -> PageEvent:
+    """The Search tab's search (Enter in the query box), read from the page's config."""
+    config = requests.get(url + "/config", timeout=30).json()
+    box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "search-query")
+    dep = next(d for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
+    return PageEvent(dep["id"], box, len(dep["inputs"]))
+
+
+def search_as_page(
+    http: requests.Session, url: str, event: PageEvent, session: str, text: str, k: int = 12, caption: str = ""
+) -> dict[str, Any]:
+    """One search as the page sends it: join the queue (the Search tab's fields; null for the panel's state, as
+    the page sends; ``caption``: the filter's word), read the session's stream until it closes; the event's
+    ``process_completed`` message is returned (``output.data``: the panel's values)."""
+    fields = [text, "", "", "", "all", caption, "any", "relevance", k]
+    data = fields + [None] * (event.inputs - len(fields))
+    body = {"data": data, "fn_index": event.fn, "session_hash": session, "trigger_id": event.trigger}
+    joined = http.post(url + "/gradio_api/queue/join", json=body, timeout=60)
+    joined.raise_for_status()
+    event_id = joined.json()["event_id"]
+    completed = None
+    stream = http.get(url + "/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120)
+    with stream:
+        for line in stream.iter_lines():  # to the stream's end, as a browser does: the connection is then reused
+            if line.startswith(b"data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
+                    completed = message
+    if completed is None:
+        raise RuntimeError("the stream ended before the search completed")
+    return completed
+
+
+def gallery_items(message: dict[str, Any], position: int = 1) -> list[Any]:
+    """The gallery's items in a completed search's output, whether sent as a value or as an update with one."""
+    value = message["output"]["data"][position]
+    return value["value"] if isinstance(value, dict) else value

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from tests.app_process import RunningApp, start_app
+from clip_search.app.text import MORE_MARKER, RESULTS_MARKER
+from tests.app_process import RunningApp, search_as_page, search_event, start_app
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
@@ -144,7 +147,7 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
     import threading
     import time
 
-    from clip_search.app import build
+    from clip_search.app import build, enable_queue
     from clip_search.engine import SearchEngine
     from clip_search.ingest import ingest_paths
     from tests.app_process import free_port
@@ -161,7 +164,7 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
         return real_upload(data, **kwargs)
 
     monkeypatch.setattr(engine, "upload", slow_upload)
-    demo = build.build_app(engine).queue(**build.queue_options(engine))
+    demo = enable_queue(build.build_app(engine), engine)
     port = free_port()
     demo.launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **build.launch_options(engine)
@@ -179,3 +182,24 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
     finally:
         demo.close()
         engine.close()
+
+
+def test_a_search_sends_the_gallery_its_items_and_the_status_says_what_shows(app: RunningApp):
+    """The page's search answers with the gallery's items, never with an update of the gallery or of "Load more"
+    (an update costs the app a rebuild of the component, ~10 ms): the status line's markers show or hide them
+    (tests/test_browser*.py check what a visitor then sees)."""
+    event = search_event(app.url)
+    with requests.Session() as http:
+
+        def panel(text: str, caption: str = "") -> tuple[str, Any]:
+            message = search_as_page(http, app.url, event, uuid.uuid4().hex[:11], text, 5, caption=caption)
+            assert message["success"], message
+            status, gallery, *_ = message["output"]["data"]  # status, gallery, state, details, marks
+            return status, gallery
+
+        status, gallery = panel("a dog")  # 12 photos, 5 a page: results, and more of them
+        assert isinstance(gallery, list) and len(gallery) == 5
+        assert gallery[0]["image"]["url"].startswith(f"{app.url}/images/")
+        assert RESULTS_MARKER in status and MORE_MARKER in status
+        status, gallery = panel("a cat", caption="nosuchword")  # nothing matches
+        assert gallery == [] and RESULTS_MARKER not in status and MORE_MARKER not in status

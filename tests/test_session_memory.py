@@ -1,13 +1,13 @@
 """Memory per visitor: many new sessions must not grow the app without bound (issue 14, item 11).
 
-Gradio keeps, per session, a copy of the page's settings and every output it sent; the app keeps only a small
-query dict and result ids per results panel, and at most ``app.max_sessions`` sessions (Gradio's default is 10,000,
-about 1 GB for this page). Sessions are driven over plain HTTP, as browsers do: join the queue, read the stream.
+Gradio keeps, per session, a copy of the page's settings and every output it sent, and a message queue; the app
+keeps only a small query dict and result ids per results panel, and at most ``app.max_sessions`` sessions and
+message queues (Gradio's defaults: 10,000 and 2,000, about 1 GB for this page). Sessions are driven over plain
+HTTP, as browsers do: join the queue, read the stream.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,16 +16,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.app_process import RunningApp, start_app
+from tests.app_process import PageEvent, RunningApp, gallery_items, search_as_page, search_event, start_app
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
 
 SESSIONS = 2000
-# Issue 14 asks for < 50 MB; measured 41 MB on a quiet machine and 62 MB during a full CI run: the rest is Gradio's
-# own per-session message queues (an LRU of 2,000 sessions in gradio.queueing), not yet bounded by the app. The
-# bound here still fails Gradio's default capacity (430 MB measured), which is what it guards.
-MAX_GROWTH_MB = 100
+WARM_UP = 20  # fewer than app.max_sessions (100): the sessions kept until it is reached are measured too
+# Issue 14's bound. Measured (2026-12-01, 2 cores shared with other jobs, load ~7): 24 MB, and 32 MB with two busy
+# loops running beside it (load ~11). Before the message queues were bounded and app.max_sessions lowered to 100:
+# 41 MB quiet, 62 MB during a full CI run; with Gradio's default capacity of 10,000 sessions: 430 MB.
+MAX_GROWTH_MB = 50
 
 
 @pytest.fixture(scope="module")
@@ -43,42 +44,22 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def _search_event(url: str) -> tuple[int, int]:
-    """The Search tab's search (fn index) and the query box (its trigger), from the page's config."""
-    config = requests.get(url + "/config", timeout=30).json()
-    box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "search-query")
-    fn = next(d["id"] for d in config["dependencies"] if [box, "submit"] in [list(t) for t in d["targets"]])
-    return fn, box
-
-
-def visit(url: str, event: tuple[int, int], text: str) -> None:
+def visit(url: str, event: PageEvent, text: str) -> None:
     """A new visitor (a fresh session) searches once and reads the results, as the page does."""
-    fn, trigger = event
-    session = uuid.uuid4().hex[:11]
-    data = [text, "", "", "", "all", "", "any", "relevance", 12]
     with requests.Session() as http:
-        body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": trigger}
-        http.post(url + "/gradio_api/queue/join", json=body, timeout=60).raise_for_status()
-        stream = http.get(url + "/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120)
-        with stream:
-            for line in stream.iter_lines():
-                if line.startswith(b"data:"):
-                    message = json.loads(line[5:])
-                    if message.get("msg") == "process_completed":
-                        assert message.get("success"), message
-                        assert len(message["output"]["data"][1]["value"]) == 12  # the gallery
-                        return
-    raise AssertionError("the stream ended before the search completed")
+        message = search_as_page(http, url, event, uuid.uuid4().hex[:11], text)
+    assert message.get("success"), message
+    assert len(gallery_items(message)) == 12
 
 
 def visits(url: str, n: int) -> None:
-    event = _search_event(url)
+    event = search_event(url)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: visit(url, event, f"a photo of thing number {i % 40}"), range(n)))
 
 
 def test_new_sessions_do_not_grow_memory_without_bound(app: RunningApp):
-    visits(app.url, 100)  # warm up: caches, thread pools, the first sessions
+    visits(app.url, WARM_UP)  # warm up: caches, thread pools, the first sessions
     before = rss_mb(app.process.pid)
     visits(app.url, SESSIONS)
     growth = rss_mb(app.process.pid) - before

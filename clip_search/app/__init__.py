@@ -3,11 +3,12 @@
 Layers, each importing only those above it: ``text`` (what visitors read) and ``guard`` (rate limits, tokens,
 errors in words); ``handlers``, ``session`` and ``uploads`` (plain functions over the engine, tested without a
 browser); ``components``, ``layout`` (the page), ``routes`` (where images are fetched), ``events`` (what each
-control does) and ``build``. Nothing here is imported by the engine, and nothing here talks to the table, the
-index or the store except through the engine.
+control does), ``build`` and ``queue`` (Gradio's queue, bounded). Nothing here is imported by the engine, and
+nothing here talks to the table, the index or the store except through the engine.
 """
 
-from clip_search.app.build import build_app, launch_options, queue_options
+from clip_search.app.build import build_app, launch_options
+from clip_search.app.queue import enable_queue
 from clip_search.app.routes import serve_local_images
 
-__all__ = ["build_app", "launch_options", "queue_options", "serve_local_images"]
+__all__ = ["build_app", "enable_queue", "launch_options", "serve_local_images"]

@@ -1,4 +1,4 @@
-"""The whole app (:func:`build_app`) and what ``app.py`` passes to ``queue()`` and ``launch()``."""
+"""The whole app (:func:`build_app`) and what ``app.py`` passes to ``launch()`` (the queue: ``queue.py``)."""
 
 from __future__ import annotations
 
@@ -65,16 +65,6 @@ def build_app(engine: SearchEngine) -> gr.Blocks:
         gr.api(stats, api_name="stats", concurrency_limit=None)
         label_api_output(demo, "stats", "stats")
     return demo
-
-
-def queue_options(engine: SearchEngine) -> dict[str, Any]:
-    """``demo.queue(...)``: a bounded queue. Searches and uploads have their own concurrency groups (set on
-    the events), so a long upload never takes the slots searches run in."""
-    app = engine.settings.app
-    return {
-        "max_size": app.queue_max_size,
-        "default_concurrency_limit": app.search_concurrency,
-    }
 
 
 def label_api_output(demo: gr.Blocks, api_name: str, label: str) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import gradio as gr
+from gradio.components.gallery import GalleryImage
+from gradio.data_classes import ImageData
+from gradio_client.utils import get_mimetype, is_http_url_like
 
 CSS = """
 .cs-header { padding: 0.25rem 0 0.5rem 0; }
@@ -15,6 +21,9 @@ CSS = """
 .cs-header .cs-facts code { font-size: 0.85rem; }
 .cs-empty { border: 1px dashed var(--border-color-primary); border-radius: var(--radius-lg); padding: 0.75rem 1rem; }
 .cs-status p { margin: 0.2rem 0; }
+.cs-panel:not(:has(.cs-results-marker)) .cs-results { display: none !important; }
+.cs-panel:not(:has(.cs-more-marker)) .cs-load-more { display: none !important; }
+.cs-details:not(:has(.cs-opened-marker)) { display: none !important; }
 .cs-panel:has(.cs-weak-marker) .cs-results img { opacity: 0.55; filter: grayscale(0.5); }
 .cs-panel:has(.cs-weak-marker) .cs-results:hover img { opacity: 0.9; filter: none; }
 .cs-details { border-left: 3px solid var(--color-accent); padding-left: 0.75rem; }
@@ -114,3 +123,51 @@ def upload_files_input(**kwargs: Any) -> gr.File:
 
 def _as_sent(payload: Any) -> Any:
     return payload
+
+
+def linked_gallery(**kwargs: Any) -> gr.Gallery:
+    """A gallery whose items are ``(http(s) link, caption)``, as every gallery here is (the ``/images`` route,
+    presigned S3 URLs): its value is built in place, as the dicts Gradio's own postprocess would serialise. That one
+    starts a thread pool and builds pydantic models for each answer (2 ms for 12 results, 7 ms for 100, more on a
+    busy CPU) to do what costs nothing for links; anything else still goes through it. Replaced on the instance, as
+    the inputs above are (a subclass would make Gradio write a .pyi file here)."""
+    component = gr.Gallery(**kwargs)
+    gradio_postprocess = component.postprocess
+
+    def postprocess(value: Any) -> Any:
+        items = [_linked_image(item) for item in value] if isinstance(value, list) else [None]
+        if any(item is None for item in items):
+            return gradio_postprocess(value)
+        return items
+
+    component.postprocess = postprocess  # type: ignore[method-assign]
+    return component
+
+
+def _linked_image(item: Any) -> dict[str, Any] | None:
+    """What Gradio's postprocess makes of a ``(link, caption)`` item, serialised (tests/test_app_speed.py holds the
+    two equal); None for anything else (a file, an SVG, a video)."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+        return None
+    url, caption = item
+    facts = _link_facts(url)
+    if facts is None:
+        return None
+    template = _item_template()
+    image = {**template["image"], "path": url, "url": url, "orig_name": facts[0], "mime_type": facts[1]}
+    return {**template, "image": {**image, "meta": dict(image["meta"])}, "caption": caption}
+
+
+@functools.lru_cache(maxsize=8192)
+def _link_facts(url: str) -> tuple[str, str | None] | None:
+    """A link's file name and type as Gradio reads them (the same images come back search after search)."""
+    mime = get_mimetype(url)
+    if not is_http_url_like(url) or url.lower().endswith(".svg") or (mime and "video" in mime):
+        return None
+    return Path(urlparse(url).path).name, mime
+
+
+@functools.cache
+def _item_template() -> dict[str, Any]:
+    """A serialised gallery image with Gradio's own defaults (fields it adds later come along)."""
+    return GalleryImage(image=ImageData(path="", url=""), caption=None).model_dump()

@@ -36,30 +36,28 @@ from clip_search.app.session import (
     state_gallery,
     state_viewer,
 )
-from clip_search.app.text import WEAK_MARKER, describe_hit, md_escape, sentence
+from clip_search.app.text import OPENED_MARKER, WEAK_MARKER, describe_hit, md_escape, panel_markers, sentence
 from clip_search.app.uploads import delete_mine, discard_uploaded_copies, no_files_message, upload_files
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError
 
 
 def _panel_outputs(panel: ResultsPanel) -> list[Any]:
-    """A new search's outputs: status, gallery, state, "Load more", the details closed, the marks note."""
-    return [panel.status, panel.gallery, panel.state, panel.load_more, panel.details, panel.marks]
+    """A new search's outputs: status, gallery, state, the details (emptied: closed)."""
+    return [panel.status, panel.gallery, panel.state, panel.details_md]
 
 
 def _show_page(
     engine: SearchEngine, results: PageResults, request: gr.Request | None, *, close_details: bool = True
 ) -> tuple[Any, ...]:
-    marker = "" if results.page.confident else WEAK_MARKER
-    values = (
-        results.message + marker,
-        gr.update(value=public_gallery(engine, results.gallery(), request), visible=bool(results.page.hits)),
-        results.state,
-        gr.update(visible=results.page.has_more),
-    )
-    if close_details:
-        return (*values, gr.update(visible=False), "")
-    return (*values, marks_note(results.state))
+    """A page in its panel: the status line (whose markers show the gallery and "Load more"), the gallery's items,
+    the session's state, and the details emptied, hence closed (a new query), or the marks note, the details left
+    open (Refine, More like this)."""
+    page = results.page
+    markers = panel_markers(results=bool(page.hits), more=page.has_more, confident=page.confident)
+    gallery = public_gallery(engine, results.gallery(), request)
+    values = (results.message + markers, gallery, results.state)
+    return (*values, "") if close_details else (*values, marks_note(results.state))
 
 
 def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
@@ -95,12 +93,10 @@ def wire_search_tab(ctx: Context, tab: SearchTab) -> None:
         )
         return _show_page(engine, run_state(engine, new_state("text", query, viewer=viewer)), request)
 
-    outputs = _panel_outputs(tab.panel)
+    inputs, outputs = tab.inputs, _panel_outputs(tab.panel)
     options = {"api_visibility": "private", **ctx.search_queue}
-    gr.on(
-        [tab.query.submit, tab.button.click, tab.without.submit], on_find, inputs=tab.inputs, outputs=outputs, **options
-    )
-    tab.examples.load_input_event.then(on_find, inputs=tab.inputs, outputs=outputs, **options)
+    gr.on([tab.query.submit, tab.button.click, tab.without.submit], on_find, inputs=inputs, outputs=outputs, **options)
+    tab.examples.load_input_event.then(on_find, inputs=inputs, outputs=outputs, **options)
     _wire_panel(ctx, tab.panel, tab.k, rerun_inputs=[])
 
 
@@ -158,9 +154,10 @@ def _wire_panel(ctx: Context, panel: ResultsPanel, k_input: gr.Slider, rerun_inp
         if not state:
             raise ClipSearchError("search first")
         results = run_state(engine, state, query_image(state, *image), more=True)
-        marker = "" if results.page.confident else WEAK_MARKER
+        page = results.page
+        markers = panel_markers(results=True, more=page.has_more, confident=page.confident)
         gallery = public_gallery(engine, state_gallery(engine, results.state), request)
-        return results.message + marker, gallery, results.state, gr.update(visible=results.page.has_more)
+        return results.message + markers, gallery, results.state
 
     @friendly
     def on_refine(request: gr.Request, state: dict[str, Any] | None, *image: Any) -> tuple[Any, ...]:
@@ -192,17 +189,17 @@ def _wire_panel(ctx: Context, panel: ResultsPanel, k_input: gr.Slider, rerun_inp
     panel.load_more.click(
         on_load_more,
         inputs=state_in,
-        outputs=[panel.status, panel.gallery, panel.state, panel.load_more],
+        outputs=[panel.status, panel.gallery, panel.state],
         **private,
         **ctx.search_queue,
     )
     panel.refine.click(
-        on_refine, inputs=state_in, outputs=[*_panel_outputs(panel)[:4], panel.marks], **private, **ctx.search_queue
+        on_refine, inputs=state_in, outputs=[*_panel_outputs(panel)[:3], panel.marks], **private, **ctx.search_queue
     )
     panel.more.click(
         on_similar,
         inputs=[panel.state, panel.selected, k_input],
-        outputs=[*_panel_outputs(panel)[:4], panel.marks],
+        outputs=[*_panel_outputs(panel)[:3], panel.marks],
         **private,
         **ctx.search_queue,
     )
@@ -219,12 +216,11 @@ def _wire_details(ctx: Context, panel: ResultsPanel) -> None:
         index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
         hit = opened_hit(engine, state, index)
         if hit is None:
-            return None, "", None, gr.update(visible=False), ""
+            return None, "", None, ""  # no details: the panel stays closed
         return (
             public_gallery(engine, [(hit["url"], f"image {hit['id']}")], request),
-            describe_hit(hit),
+            describe_hit(hit) + OPENED_MARKER,
             hit["id"],
-            gr.update(visible=True),
             marks_note(state),
         )
 
@@ -237,7 +233,7 @@ def _wire_details(ctx: Context, panel: ResultsPanel) -> None:
     panel.gallery.select(
         on_open,
         inputs=[panel.state],
-        outputs=[panel.opened, panel.details_md, panel.selected, panel.details, panel.marks],
+        outputs=[panel.opened, panel.details_md, panel.selected, panel.marks],
         **private,
     ).then(None, js=scroll_into_view(panel.details.elem_id), queue=False, **private)
 
@@ -251,11 +247,12 @@ def _wire_details(ctx: Context, panel: ResultsPanel) -> None:
         button.click(
             fn, inputs=[panel.state, panel.selected], outputs=[panel.state, panel.marks], queue=False, **private
         )
-    panel.close.click(_hide, outputs=[panel.details], queue=False, **private)
+    panel.close.click(_closed, outputs=[panel.details_md], queue=False, **private)
 
 
-def _hide() -> Any:
-    return gr.update(visible=False)
+def _closed() -> str:
+    """Details without a result: the stylesheet hides the panel."""
+    return ""
 
 
 def wire_api(ctx: Context, search: SearchTab, image: ImageTab, api: ApiOutputs) -> None:

@@ -7,7 +7,13 @@ from typing import Any
 
 import gradio as gr
 
-from clip_search.app.components import id_field, query_image_input, results_slider, upload_files_input
+from clip_search.app.components import (
+    id_field,
+    linked_gallery,
+    query_image_input,
+    results_slider,
+    upload_files_input,
+)
 from clip_search.app.guard import Gate
 from clip_search.app.session import ORIENTATION_CHOICES, SORTS, SOURCE_CHOICES
 from clip_search.app.text import empty_notice, gradio_size, mib
@@ -67,7 +73,7 @@ def _results_panel(name: str) -> ResultsPanel:
         status = gr.Markdown(label="message", elem_classes=["cs-status"], elem_id=f"{name}-status")
         with gr.Row(equal_height=False, elem_classes=["cs-results-row"]):
             with gr.Column(scale=3, min_width=300):
-                gallery = gr.Gallery(
+                gallery = linked_gallery(
                     label="Results",
                     show_label=False,
                     columns=4,
@@ -75,13 +81,14 @@ def _results_panel(name: str) -> ResultsPanel:
                     object_fit="cover",
                     allow_preview=True,
                     interactive=False,
-                    visible=False,
                     fit_columns=False,
                     buttons=["download", "fullscreen"],
-                    elem_classes=["cs-results"],
+                    elem_classes=["cs-results"],  # shown by the status line's marker (text.panel_markers)
                     elem_id=f"{name}-gallery",
                 )
-                load_more = gr.Button("Load more", size="sm", visible=False, elem_id=f"{name}-load-more")
+                load_more = gr.Button(
+                    "Load more", size="sm", elem_classes=["cs-load-more"], elem_id=f"{name}-load-more"
+                )
             details, parts = _details_panel(name)
         selected = id_field(visible=False, precision=0, label="image id")
         state = gr.State(None)
@@ -90,9 +97,12 @@ def _results_panel(name: str) -> ResultsPanel:
 
 def _details_panel(name: str) -> tuple[gr.Column, tuple[Any, ...]]:
     with gr.Column(
-        scale=2, min_width=260, visible=False, elem_classes=["cs-details"], elem_id=f"{name}-details"
+        scale=2,
+        min_width=260,
+        elem_classes=["cs-details"],
+        elem_id=f"{name}-details",  # shown by text.OPENED_MARKER
     ) as details:
-        opened = gr.Gallery(
+        opened = linked_gallery(
             show_label=False,
             columns=1,
             height=220,
@@ -326,7 +336,7 @@ def upload_tab(ctx: Context) -> UploadTab:
     private, key = _private_upload(ctx)
     button = gr.Button("Upload", variant="primary", elem_id="upload-button")
     status = gr.Markdown(label="message", elem_id="upload-status")
-    added = gr.Gallery(
+    added = linked_gallery(
         label="Added",
         visible=False,
         fit_columns=False,
@@ -386,7 +396,7 @@ def api_outputs() -> ApiOutputs:
     with gr.Column(visible=False):
         return ApiOutputs(
             status=gr.Markdown(label="message"),
-            gallery=gr.Gallery(label="Results", interactive=False),
+            gallery=linked_gallery(label="Results", interactive=False),
             hits=gr.JSON(label="hits"),
             query=gr.JSON(label="query"),
             image=gr.File(label="image", file_count="single", type="filepath"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,11 @@ def public_url(engine: SearchEngine, url: str, request: gr.Request | None) -> st
 
 
 def _served(root: Path, url: str, base: str) -> str:
-    path = Path(url)
-    if path.is_absolute() and path.is_relative_to(root):
-        return f"{base}{IMAGE_ROUTE}/{path.relative_to(root).as_posix()}"
+    """``<root>/ab/x.jpg`` -> ``<base>/images/ab/x.jpg``, by its text alone (the store's URLs are normalised
+    paths under its folder: no pathlib parsing for each of a page's results)."""
+    folder = os.path.join(root, "")
+    if url.startswith(folder):
+        return f"{base}{IMAGE_ROUTE}/{url[len(folder) :].replace(os.sep, '/')}"
     return url
 
 

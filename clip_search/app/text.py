@@ -16,6 +16,19 @@ HOW_TO_ADD = (
     "(a dozen sample photos) or `python -m clip_search ingest path/to/photos`."
 )
 WEAK_MARKER = '\n\n<span class="cs-weak-marker"></span>'  # the stylesheet greys out a gallery of weak matches
+# A results panel's status line also says what the stylesheet shows: the gallery (there are results) and "Load more"
+# (there are more); the details of an opened result show while they hold a result. Shown or hidden that way, none
+# needs an update from the server, which costs Gradio a rebuild of the component for the visitor's session (~10 ms
+# for a gallery, ~1 ms for a button): a search only sends values.
+RESULTS_MARKER = '<span class="cs-results-marker"></span>'
+MORE_MARKER = '<span class="cs-more-marker"></span>'
+OPENED_MARKER = '\n\n<span class="cs-opened-marker"></span>'  # in an opened result's details: the panel shows
+
+
+def panel_markers(*, results: bool, more: bool, confident: bool = True) -> str:
+    """What to append to a results panel's status line (Markdown) for the stylesheet."""
+    markers = (RESULTS_MARKER if results else "") + (MORE_MARKER if more else "")
+    return ("" if confident else WEAK_MARKER) + (f"\n\n{markers}" if markers else "")
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+|<>~])")  # inline text: no line-start rules apply
