@@ -45,7 +45,12 @@ K = 10
 @dataclass(frozen=True)
 class Source:
     """Where a child process gets its vectors: a synthetic stream (regenerated identically in each child, so no
-    process ever holds two copies) or a .npy file of real embeddings (memory-mapped)."""
+    process ever holds two copies), or a .npy file of real embeddings, as it is or *derived* to ``n`` rows.
+
+    From a file, ``holdout`` rows picked at random are the queries and are never indexed (a query photo that is not
+    in the collection); the others are the base rows. Derived (``derived=True``): row i is base row ``i % base``,
+    exact for the first pass over the base rows and otherwise plus gaussian noise of norm ``noise``, normalised.
+    """
 
     n: int
     dim: int
@@ -53,14 +58,13 @@ class Source:
     noise: float = 1.0
     seed: int = 0
     path: str | None = None
+    holdout: int = 0
+    derived: bool = False
 
     def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) batches of BATCH rows; ids are the row numbers."""
         if self.path:
-            data = np.load(self.path, mmap_mode="r")
-            for at in range(0, self.n, BATCH):
-                rows = np.ascontiguousarray(data[at : at + BATCH], dtype=np.float32)
-                yield np.arange(at, at + len(rows), dtype=np.int64), rows
+            yield from self._file_batches()
             return
         centres = self._centres()
         for at in range(0, self.n, BATCH):
@@ -69,12 +73,51 @@ class Source:
             yield np.arange(at, at + rows, dtype=np.int64), self._around(centres, rng, rows)
 
     def queries(self, count: int) -> np.ndarray:
-        """Fresh points from the same distribution (synthetic), or a random sample of the rows (real)."""
+        """Fresh points from the same distribution (synthetic), or the held-out rows (file)."""
         if self.path:
             data = np.load(self.path, mmap_mode="r")
-            pick = np.sort(np.random.default_rng([self.seed, 2]).choice(self.n, min(count, self.n), replace=False))
-            return np.ascontiguousarray(data[pick], dtype=np.float32)
+            return np.ascontiguousarray(data[self.split()[1]], dtype=np.float32)
         return self._around(self._centres(), np.random.default_rng([self.seed, 2]), count)
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(base rows, query rows) of the file, the same in every process."""
+        total = np.load(self.path, mmap_mode="r").shape[0]
+        held = np.sort(np.random.default_rng([self.seed, 2]).choice(total, self.holdout, replace=False))
+        return np.setdiff1d(np.arange(total), held), held
+
+    def base_vectors(self) -> np.ndarray:
+        return np.ascontiguousarray(np.load(self.path, mmap_mode="r")[self.split()[0]], dtype=np.float32)
+
+    def sample(self, want: int) -> np.ndarray:
+        """Rows to train an IVF on: random rows of a file as it is, else the head of the stream (synthetic rows are
+        i.i.d.; each derived batch cycles through every base row)."""
+        if self.path and not self.derived:
+            base = self.split()[0]
+            pick = np.sort(np.random.default_rng(3).choice(base, min(want, len(base)), replace=False))
+            return np.ascontiguousarray(np.load(self.path, mmap_mode="r")[pick], dtype=np.float32)
+        parts, held = [], 0
+        for _, vectors in self.batches():
+            parts.append(vectors)
+            held += len(vectors)
+            if held >= want:
+                break
+        return np.concatenate(parts)[:want]
+
+    def _file_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if not self.derived:
+            data, base = np.load(self.path, mmap_mode="r"), self.split()[0]
+            for at in range(0, self.n, BATCH):
+                rows = np.ascontiguousarray(data[base[at : at + BATCH]], dtype=np.float32)
+                yield np.arange(at, at + len(rows), dtype=np.int64), rows
+            return
+        origins = self.base_vectors()
+        for at in range(0, self.n, BATCH):
+            rows = np.arange(at, min(at + BATCH, self.n), dtype=np.int64)
+            x = np.random.default_rng([self.seed, 4, at]).standard_normal((len(rows), self.dim), np.float32)
+            x *= self.noise / np.sqrt(self.dim)
+            x[rows < len(origins)] = 0  # the first copy of each base row is the row itself
+            x += origins[rows % len(origins)]
+            yield rows, _unit(x)
 
     def _centres(self) -> np.ndarray:
         return _unit(np.random.default_rng([self.seed, 0]).standard_normal((self.clusters, self.dim), np.float32))
@@ -87,6 +130,16 @@ class Source:
         for at in range(0, rows, 4096):
             x[at : at + 4096] += centres[which[at : at + 4096]]
         return _unit(x)
+
+
+def nearest_neighbour_distance(vectors: np.ndarray) -> float:
+    """Median Euclidean distance from a row to its nearest other row: the scale of the derived set's noise."""
+    best = np.empty(len(vectors), dtype=np.float32)
+    for at in range(0, len(vectors), 1024):
+        scores = vectors[at : at + 1024] @ vectors.T
+        scores[np.arange(len(scores)), np.arange(at, at + len(scores))] = -np.inf
+        best[at : at + 1024] = scores.max(axis=1)
+    return float(np.median(np.sqrt(np.maximum(0.0, 2 - 2 * best))))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -177,24 +230,11 @@ def _fill(index, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def _build_ivf(job: Job, result: dict):
-    """Train on a random sample (the head of an i.i.d. stream, or random rows of a file), then add everything."""
+    """Train on a sample of the vectors (see :meth:`Source.sample`), then add everything."""
     from clip_search.collection.vector_index import default_nlist, make_index
 
     nlist = job.nlist or default_nlist(job.source.n)
-    want = min(job.source.n, max(39 * nlist, BATCH))
-    if job.source.path:
-        data = np.load(job.source.path, mmap_mode="r")
-        pick = np.sort(np.random.default_rng(3).choice(job.source.n, want, replace=False))
-        sample = np.ascontiguousarray(data[pick], dtype=np.float32)
-    else:
-        parts, held = [], 0
-        for _, vectors in job.source.batches():
-            parts.append(vectors)
-            held += len(vectors)
-            if held >= want:
-                break
-        sample = np.concatenate(parts)[:want]
-        del parts
+    sample = job.source.sample(min(job.source.n, max(39 * nlist, BATCH)))
     started = time.perf_counter()
     index = make_index("ivf", job.source.dim, nlist=nlist, sample=sample, expected=job.source.n)
     result["train_s"], result["train_n"], result["nlist"] = time.perf_counter() - started, len(sample), nlist
@@ -297,10 +337,19 @@ def _print_search(results: dict, vector_bytes: int) -> None:
     print(f"single query, k={K}, median over {flat['timed']} queries; recall over {len(flat['found'])} queries:")
     print(f"  flat (numpy/BLAS scan)  {flat['ms']:8.2f} ms  = {flat['ms'] / floor_ms:.2f}x the bandwidth floor")
     print(f"  flat (FAISS scan)       {flat['faiss_ms']:8.2f} ms  = {flat['faiss_ms'] / floor_ms:.2f}x the floor")
+    default = _default_nprobe()
     for nprobe, ms in ivf["ms"].items():
         rec = recall_at_k(flat["found"], ivf["found"][nprobe])
-        print(f"  ivf nprobe={nprobe:<4}        {ms:8.2f} ms  speed-up {flat['ms'] / ms:7.1f}x  recall@{K} {rec:.3f}")
+        mark = "  <- index.nprobe (config.yaml)" if nprobe == default else ""
+        speed = flat["ms"] / ms
+        print(f"  ivf nprobe={nprobe:<4}        {ms:8.2f} ms  speed-up {speed:7.1f}x  recall@{K} {rec:.3f}{mark}")
     sys.stdout.flush()
+
+
+def _default_nprobe() -> int:
+    from clip_search.config import load_config
+
+    return load_config(env={}).index.nprobe
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
@@ -309,41 +358,53 @@ def run_synthetic(args: argparse.Namespace) -> None:
 
 
 def run_real(args: argparse.Namespace) -> None:
-    shape = np.load(args.real, mmap_mode="r").shape
-    compare(f"real embeddings {args.real}", Source(shape[0], shape[1], path=str(args.real)), args)
+    """The file's vectors as they are, then (``--derive N``) N rows derived from them; the same held-out queries."""
+    total, dim = np.load(args.real, mmap_mode="r").shape
+    held = min(args.recall_queries, total // 10)
+    source = Source(total - held, dim, path=str(args.real), holdout=held)
+    compare(f"vectors of real photos {args.real.name} ({held} held out as queries)", source, args)
+    if not args.derive:
+        return
+    noise = args.derive_noise * nearest_neighbour_distance(source.base_vectors())
+    derived = Source(args.derive, dim, noise=noise, path=str(args.real), holdout=held, derived=True)
+    compare(
+        f"DERIVED from {source.n:,} real-photo vectors (not real photos): each row a base vector, first exact, then "
+        f"+ gaussian noise of norm {noise:.4f} (= {args.derive_noise:g} x their median nearest-neighbour distance), "
+        f"normalised; queries: the {held} held-out real vectors",
+        derived,
+        args,
+    )
 
 
 # -- real-photo vectors -------------------------------------------------------------------------------------------
 
 
-def embed_imagenette(model_dir: str, out: Path, *, limit: int = 0, folder: Path = IMAGENETTE, batch: int = 16) -> int:
-    """Embed the Imagenette validation photos the way ingest does (decode_image with the model's draft side, the
-    model's own processor, HFEncoder) into an (n, dim) float32 .npy. ``limit`` > 0 takes a seeded random sample
-    spread over all classes. A partial file is saved every few batches, so a run cut short still leaves vectors."""
+def embed_imagenette(model_dir: str, out: Path, *, limit: int = 0, folder: Path = IMAGENETTE, cache_dir=None) -> int:
+    """Embed the Imagenette validation photos as ingest does (the evaluation's ``embed_images``: decode_image with
+    the engine's limits, the model's processor, HFEncoder) into an (n, dim) float32 .npy. ``limit`` > 0 takes a
+    seeded random sample spread over all classes. Vectors go through the evaluation's embedding cache
+    (``cache_dir``, default ``$CLIP_SEARCH_EVAL_CACHE`` or ~/.cache/clip-search/eval) one batch at a time, so a run
+    cut short resumes where it stopped and a second run embeds nothing."""
     from clip_search.encoder import HFEncoder
-    from clip_search.images import decode_image, model_draft_side
+    from clip_search.evaluation.embed_cache import EmbeddingCache, default_cache_dir
+    from clip_search.evaluation.run import embed_images
 
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     if limit and limit < len(paths):
         pick = np.random.default_rng(0).choice(len(paths), size=limit, replace=False)
         paths = [paths[i] for i in sorted(pick)]
-    encoder = HFEncoder(model_dir, device="cpu", batch_size=batch)
-    encoder.warm_up()
-    side = model_draft_side(encoder.input_size)
-    chunks: list[np.ndarray] = []
-    started = time.perf_counter()
-    for start in range(0, len(paths), batch):
-        pixels = []
-        for path in paths[start : start + batch]:
-            decoded = decode_image(path.read_bytes(), max_pixels=89_478_485, draft_side=side)
-            pixels.append(encoder.preprocess(decoded.image))
-        chunks.append(encoder.encode_pixels(np.stack(pixels)))
-        done = start + len(pixels)
-        if len(chunks) % 8 == 0 or done == len(paths):
-            _save_npy(out, np.concatenate(chunks))
-            rate = done / (time.perf_counter() - started)
-            log.info("embedded %d/%d photos (%.2f img/s)", done, len(paths), rate)
-    return len(paths)
+    encoder = HFEncoder(model_dir, device="cpu")
+    cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder)
+    vectors, _, _, stats = embed_images(paths, encoder, cache=cache)
+    log.info(
+        "embedded %d photos, %d from the cache, %d skipped (%.2f img/s)",
+        stats["embedded"],
+        stats["from_cache"],
+        stats["skipped"],
+        stats["images_per_s"],
+    )
+    _save_npy(out, vectors)
+    return len(vectors)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -360,7 +421,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (0: skip the synthetic run)")
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--nlist", type=int, default=0, help="0: default_nlist(n)")
     parser.add_argument("--noise", type=float, default=1.0, help="synthetic noise norm around each centre")
     parser.add_argument("--queries", type=int, default=50, help="single queries timed (median)")
@@ -368,9 +429,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save", action="store_true", help="also time save, and load in a fresh process")
     parser.add_argument("--tmp", default=None, help="folder for --save files")
     parser.add_argument("--quick", action="store_true", help="n = 100,000")
-    parser.add_argument("--real", type=Path, help="an (n, dim) .npy of real-photo embeddings")
+    parser.add_argument("--real", "--vectors", type=Path, help="an (n, dim) .npy of real-photo embeddings")
+    parser.add_argument("--derive", type=int, default=0, help="with --real: also N rows derived from them")
+    parser.add_argument("--derive-noise", type=float, default=1.0, help="noise / median nearest-neighbour distance")
     parser.add_argument("--embed-imagenette", nargs=2, metavar=("MODEL_DIR", "OUT_NPY"))
     parser.add_argument("--limit", type=int, default=0, help="with --embed-imagenette: at most this many photos")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="with --embed-imagenette: embedding cache")
     parser.add_argument("--threads", type=int, default=0, help="FAISS threads (0: FAISS's default)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -383,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.embed_imagenette:
         model_dir, out = args.embed_imagenette
-        rows = embed_imagenette(model_dir, Path(out), limit=args.limit)
+        rows = embed_imagenette(model_dir, Path(out), limit=args.limit, cache_dir=args.cache_dir)
         print(f"wrote {rows} rows to {out}")
         return 0
     if args.n:
