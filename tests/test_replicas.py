@@ -14,46 +14,10 @@ import pytest
 
 from clip_search.engine import SearchEngine
 from tests.conftest import ROOT, make_settings, shared_data
+from tests.replica_process import Replica
 from tests.s3server import s3_environment
 
 REFRESH_S = 1.0
-
-
-class Replica:
-    """An engine process answering JSON commands (tests/replica_process.py)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.replica_process", str(REFRESH_S)],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.read() == {"ready": True}
-
-    def send(self, **command: object) -> None:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        assert line, "the replica process died"
-        return json.loads(line)
-
-    def ask(self, **command: object) -> dict:
-        self.send(**command)
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def _photos(start: int, n: int) -> list[Path]:
@@ -62,7 +26,7 @@ def _photos(start: int, n: int) -> list[Path]:
 
 def _two_replicas_upload_at_once(env_a: dict[str, str], env_b: dict[str, str]) -> None:
     photos = {"a": _photos(0, 20), "b": _photos(20, 20)}
-    replicas = {"a": Replica(env_a), "b": Replica(env_b)}
+    replicas = {"a": Replica(env_a, REFRESH_S), "b": Replica(env_b, REFRESH_S)}
     try:
         for name, replica in replicas.items():  # both upload at the same time
             replica.send(upload=[str(p) for p in photos[name]])
