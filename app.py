@@ -68,9 +68,9 @@ def serve(settings: Settings) -> None:
     collection and serve until stopped."""
     log = logging.getLogger("clip_search.app")
 
+    from clip_search.app import build_app, launch_options, queue_options, serve_local_images
     from clip_search.encoder import HFEncoder
     from clip_search.engine import SearchEngine
-    from clip_search.ui import build_app, launch_options, queue_options, serve_local_images
 
     encoder = HFEncoder.from_settings(settings.model)
     if settings.model.warm_up:

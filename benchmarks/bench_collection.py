@@ -158,6 +158,30 @@ def run_upload_child(path: Path, model: str, kind: str, uploads: int) -> dict:
     return _json_of(subprocess.run(command, capture_output=True, text=True, check=False))
 
 
+READ_CHILD = r"""
+import json, sys, time
+import numpy as np
+from clip_search.collection import CollectionTable
+from clip_search.collection.sync import iter_vectors
+started = time.perf_counter()
+ds = CollectionTable(sys.argv[1]).latest()
+out, at = None, 0
+for _, vectors in iter_vectors(ds):
+    if out is None:
+        out = np.empty((ds.count_rows(), vectors.shape[1]), dtype=np.float32)
+    out[at : at + len(vectors)] = vectors
+    at += len(vectors)
+print(json.dumps({"rows": at, "read_s": time.perf_counter() - started}))
+"""
+
+
+def vector_read_s(path: Path) -> float:
+    """In a fresh process: seconds to read the table's vectors into one array, the way the open reads them and
+    nothing else (no index, no ids kept): the floor of open -> first answer."""
+    command = [sys.executable, "-c", READ_CHILD, str(path)]
+    return _json_of(subprocess.run(command, capture_output=True, text=True, check=False))["read_s"]
+
+
 def fill(data: Path, n: int, dim: int, model: str) -> None:
     width = ["--model", model] if model else ["--dim", str(dim)]
     subprocess.run([sys.executable, "-m", "clip_search.testing", "fill", str(data), "--n", str(n), *width], check=True)

@@ -194,9 +194,10 @@ def _median_ms(search, queries: np.ndarray) -> float:
 
 def run_job(job: Job) -> dict:
     """In a fresh process: build the index from the stream, then measure memory, latency and answers."""
-    from clip_search.collection.vector_index import make_index, set_faiss_threads
+    from clip_search.collection.scan import set_search_threads
+    from clip_search.collection.vector_index import make_index
 
-    set_faiss_threads(job.threads)
+    set_search_threads(job.threads)
     result: dict = {"baseline_rss": _rss()}
     started = time.perf_counter()
     if job.kind == "flat":
@@ -230,9 +231,10 @@ def run_job(job: Job) -> dict:
 def run_together(job: Job) -> dict:
     """In a fresh process: both indexes, then every timed query on flat and on IVF at each nprobe, one after the
     other, so a change in the machine's load hits both sides of each speed-up alike (peak RSS is of the two)."""
-    from clip_search.collection.vector_index import make_index, set_faiss_threads
+    from clip_search.collection.scan import set_search_threads
+    from clip_search.collection.vector_index import make_index
 
-    set_faiss_threads(job.threads)
+    set_search_threads(job.threads)
     flat: dict = {"baseline_rss": _rss()}
     started = time.perf_counter()
     index = make_index("flat", job.source.dim, expected=job.source.n)
@@ -504,13 +506,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="with --embed-imagenette: at most this many photos")
     parser.add_argument("--cache-dir", type=Path, default=None, help="with --embed-imagenette: embedding cache")
     parser.add_argument(
-        "--threads", type=int, default=None, help="FAISS threads (default: index.faiss_threads; 0: FAISS's default)"
+        "--threads", type=int, default=None, help="search threads (default: index.search_threads; 0: all cores)"
     )
     args = parser.parse_args(argv)
     if args.threads is None:
         from clip_search.config import load_config
 
-        args.threads = load_config(env={}).index.faiss_threads
+        args.threads = load_config(env={}).index.search_threads
     if args.quick:
         args.n = 100_000
     return args

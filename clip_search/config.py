@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clip_search.errors import ConfigError
 
@@ -44,7 +44,8 @@ class IndexSettings(_Section):
     nlist: int | None = Field(None, ge=1)
     nprobe: int = Field(16, ge=1)
     retrain_growth: float = Field(4.0, gt=1)
-    faiss_threads: int = Field(1, ge=0)
+    # faiss_threads: its name until the flat scan stopped being FAISS's (a config.yaml of before still loads)
+    search_threads: int = Field(1, ge=0, validation_alias=AliasChoices("search_threads", "faiss_threads"))
 
 
 class CollectionSettings(_Section):

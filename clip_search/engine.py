@@ -23,7 +23,7 @@ from PIL import Image
 from clip_search.collection import Collection, ImageRecord, NewImage
 from clip_search.collection.location import open_collection
 from clip_search.collection.migrate import migrate_legacy
-from clip_search.collection.vector_index import set_faiss_threads
+from clip_search.collection.scan import set_search_threads
 from clip_search.config import Settings, load_config
 from clip_search.encoder import Encoder, HFEncoder
 from clip_search.errors import (
@@ -161,7 +161,7 @@ class SearchEngine:
         self.encoder: Encoder = encoder or HFEncoder.from_settings(settings.model)
         self.store = store or make_store(settings)
         self.store.check()
-        set_faiss_threads(settings.index.faiss_threads)
+        set_search_threads(settings.index.search_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.collection: Collection = open_collection(settings, model=self.encoder.name)
         migrate_legacy(settings, self.collection, self.store)
@@ -211,12 +211,8 @@ class SearchEngine:
     # -- search ---------------------------------------------------------------------------------------------------
 
     def result_count(self, k: object) -> int:
-        """How many results a caller's ``k`` asks for (see :meth:`_k`): what the app passes on to a query."""
-        return self._k(k)
-
-    def _k(self, k: object) -> int:
-        """How many results: clamped to 1..``search.max_k`` (an API client may send 0 or 1e9); not a number is
-        refused in words."""
+        """How many results a caller's ``k`` asks for: clamped to 1..``search.max_k`` (an API client may send 0
+        or 1e9); not a number is refused in words."""
         if k is None:
             return self.settings.search.default_k
         top = self.settings.search.max_k
@@ -332,15 +328,15 @@ class SearchEngine:
 
     def search_text(self, query: str, k: int | None = None) -> list[SearchHit]:
         """Images best matching a text, with SigLIP's match probability."""
-        return self.search(self.query(query).limit(self._k(k))).hits
+        return self.search(self.query(query).limit(self.result_count(k))).hits
 
     def search_image(self, image: bytes | str | Path | Image.Image, k: int | None = None) -> list[SearchHit]:
         """Images most similar to a query image."""
-        return self.search(self.query(image=image).limit(self._k(k))).hits
+        return self.search(self.query(image=image).limit(self.result_count(k))).hits
 
     def search_similar(self, image_id: int, k: int | None = None) -> list[SearchHit]:
         """ "More like this": neighbours of an image already in the collection, itself excluded."""
-        return self.search(self.query(id=_as_id(image_id)).limit(self._k(k))).hits
+        return self.search(self.query(id=_as_id(image_id)).limit(self.result_count(k))).hits
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Raw top-k (id, cosine) for many query vectors at once (evaluation, batch jobs)."""

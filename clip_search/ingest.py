@@ -1,8 +1,9 @@
-"""Bulk ingest: walk a folder, skip what the catalog already has, decode in a pool, embed in batches.
+"""Bulk ingest: walk a folder, skip what the collection already has, decode in a pool, embed in batches.
 
-Decoding and preprocessing run in worker threads (Pillow and numpy release the GIL) a few batches ahead of
-the model, so the model never waits on JPEG decoding. Each batch is committed to the catalog on its own, so an
-interrupted run keeps what it finished and a re-run picks up where it stopped, with no duplicates.
+Decoding and preprocessing run in helper threads (Pillow and numpy release the GIL) a few batches ahead of
+the model, and each batch is stored and committed on another helper thread while the model embeds the next, so
+the model never waits on JPEG decoding or on the table. Each batch is committed on its own, so an interrupted
+run keeps what it finished and a re-run picks up where it stopped, with no duplicates.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import csv
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from clip_search.engine import PreparedImage, SearchEngine
+from clip_search.engine import AddResult, PreparedImage, SearchEngine
 from clip_search.errors import ClipSearchError, InvalidImageError
 from clip_search.images import sha256_hex
+from clip_search.ingest_pipeline import BackgroundCommits, lower_thread_priority
+from clip_search.prefetch import ordered_map
 from clip_search.report import IngestReport
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,11 @@ def ingest_paths(
     progress: bool = True,
     total: int | None = None,
 ) -> IngestReport:
-    """Add image files to ``engine``'s collection; safe to interrupt and to run again."""
+    """Add image files to ``engine``'s collection; safe to interrupt and to run again.
+
+    Three stages overlap: helper threads read and prepare the files ahead of the model, this thread embeds one
+    batch at a time, and a helper thread stores and commits the batch before (see :mod:`clip_search.ingest_pipeline`).
+    """
     paths = list(paths)
     report = IngestReport()
     known = engine.collection.known_hashes()
@@ -92,62 +98,43 @@ def ingest_paths(
     workers = workers or engine.settings.ingest.decode_workers
     _ = engine.encoder.input_size  # load the model before timing and before the pool starts
     started = time.perf_counter()
-
-    def work(path: Path) -> Work:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return "failed", path, f"cannot read: {exc.strerror or exc}"
-        if sha256_hex(data) in known:
-            return "known", path, None
-        names = (captions or {}).get(path.name, [])
-        metadata: dict[str, Any] = {"captions": names} if len(names) > 1 else {}
-        if extra_metadata is not None:
-            metadata.update(extra_metadata(path))
-        try:
-            prepared = engine.prepare(data, source=str(path), caption=names[0] if names else None, metadata=metadata)
-        except InvalidImageError as exc:
-            return "failed", path, str(exc)
-        return "ok", path, prepared
-
+    prepare = partial(_prepare, engine, known, captions or {}, extra_metadata)
     bar = tqdm(total=total or len(paths), desc="ingest", unit="img", disable=not progress, smoothing=0.1)
-    batch: list[PreparedImage] = []
 
-    def flush() -> None:
-        if not batch:
-            return
-        for result in engine.commit(batch):
+    def committed(results: list[AddResult]) -> None:
+        for result in results:
             if result.status == "added":
                 report.added += 1
             else:
                 report.duplicates += 1
-        known.update(item.sha256 for item in batch)
-        known.update(item.source_sha256 for item in batch)
-        bar.update(len(batch))
+        bar.update(len(results))
         bar.set_postfix(added=report.added, failed=len(report.failed), refresh=False)
-        batch.clear()
+
+    commits = BackgroundCommits(engine, committed)
+    batch: list[PreparedImage] = []
+
+    def embed_and_commit() -> None:
+        if batch:
+            vectors = engine.embed(batch)
+            known.update(item.sha256 for item in batch)  # the next batches skip these even before the commit lands
+            known.update(item.source_sha256 for item in batch)
+            commits.submit(batch, vectors)
+            batch.clear()
 
     window = max(2 * batch_size, 4 * workers)
-    pending: deque[Future[Work]] = deque()
-    queue = iter(paths)
+    prepared = ordered_map(
+        prepare, paths, workers=workers, window=window, name="decode", initializer=lower_thread_priority
+    )
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            try:
-                for path in queue:
-                    pending.append(pool.submit(work, path))
-                    if len(pending) >= window:
-                        _collect(pending.popleft().result(), report, batch, bar, known)
-                        if len(batch) >= batch_size:
-                            flush()
-                while pending:
-                    _collect(pending.popleft().result(), report, batch, bar, known)
-                    if len(batch) >= batch_size:
-                        flush()
-                flush()
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+        try:
+            for result in prepared:
+                _collect(result, report, batch, bar, known)
+                if len(batch) >= batch_size:
+                    embed_and_commit()
+            embed_and_commit()
+        finally:
+            prepared.close()  # no decode thread outlives the loop, even on Ctrl-C
+            commits.close()  # the batch in flight lands whole
     except KeyboardInterrupt:
         report.interrupted = True
         log.warning("interrupted: %d images committed; run again to finish", report.added)
@@ -155,6 +142,31 @@ def ingest_paths(
         bar.close()
         report.seconds = time.perf_counter() - started
     return report
+
+
+def _prepare(
+    engine: SearchEngine,
+    known: set[str],
+    captions: dict[str, list[str]],
+    extra_metadata: Callable[[Path], dict[str, Any]] | None,
+    path: Path,
+) -> Work:
+    """Read, hash and prepare one file (on a helper thread): ("ok", path, prepared), "known" or "failed"."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "failed", path, f"cannot read: {exc.strerror or exc}"
+    if sha256_hex(data) in known:
+        return "known", path, None
+    names = captions.get(path.name, [])
+    metadata: dict[str, Any] = {"captions": names} if len(names) > 1 else {}
+    if extra_metadata is not None:
+        metadata.update(extra_metadata(path))
+    try:
+        prepared = engine.prepare(data, source=str(path), caption=names[0] if names else None, metadata=metadata)
+    except InvalidImageError as exc:
+        return "failed", path, str(exc)
+    return "ok", path, prepared
 
 
 def _collect(result: Work, report: IngestReport, batch: list[PreparedImage], bar: tqdm, known: set[str]) -> None:

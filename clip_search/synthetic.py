@@ -38,7 +38,7 @@ def clustered_vectors(n: int, dim: int, *, clusters: int, seed: int = 0, start: 
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     rng = np.random.default_rng((seed, start))
     which = rng.integers(0, clusters, size=n)
-    vectors = centres[which] + rng.standard_normal((n, dim)).astype(np.float32) * (0.9 / np.sqrt(dim))
+    vectors = centres[which] + rng.standard_normal((n, dim)).astype(np.float32) * np.float32(0.9 / np.sqrt(dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors
 

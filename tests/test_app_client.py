@@ -144,7 +144,7 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
     import threading
     import time
 
-    from clip_search import ui
+    from clip_search.app import build
     from clip_search.engine import SearchEngine
     from clip_search.ingest import ingest_paths
     from tests.app_process import free_port
@@ -161,10 +161,10 @@ def test_an_upload_does_not_hold_up_searches(tmp_path: Path, tiny_model_dir: Pat
         return real_upload(data, **kwargs)
 
     monkeypatch.setattr(engine, "upload", slow_upload)
-    demo = ui.build_app(engine).queue(**ui.queue_options(engine))
+    demo = build.build_app(engine).queue(**build.queue_options(engine))
     port = free_port()
     demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **ui.launch_options(engine)
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **build.launch_options(engine)
     )
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False, download_files=False)

@@ -81,3 +81,10 @@ def test_config_env_var_picks_the_file(tmp_path: Path):
     assert load_config(env={"CLIP_SEARCH_CONFIG": str(path)}).search.default_k == 3
     with pytest.raises(ConfigError, match="not found"):
         load_config(env={"CLIP_SEARCH_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_a_config_of_before_the_rename_still_loads(tmp_path: Path):
+    """index.faiss_threads became index.search_threads: a user's config.yaml with the old name keeps its value."""
+    path = tmp_path / "config.yaml"
+    path.write_text("index:\n  faiss_threads: 2\n")
+    assert load_config(path, env={}).index.search_threads == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,7 +19,8 @@ import pytest
 from PIL import Image
 
 from clip_search.engine import SearchEngine
-from clip_search.ingest import ingest_folder, load_captions
+from clip_search.errors import StorageError
+from clip_search.ingest import ingest_folder, ingest_paths, load_captions
 from tests.conftest import ROOT, shared_data
 
 
@@ -176,3 +178,58 @@ def test_killed_ingest_resumes_to_exactly_the_full_set(cli_env: dict[str, str], 
     )
     hits = json.loads(out.stdout)
     assert hits[0]["source"] == str(sorted(folder.glob("*.jpg"))[-1])
+
+
+def test_ctrl_c_keeps_whole_batches_and_a_rerun_finishes(cli_env: dict[str, str], tmp_path: Path):
+    """SIGINT mid-run: the batch being committed in the background lands whole, the summary says 'interrupted',
+    and the same command then adds exactly the rest."""
+    folder = shared_data("coco-mini") / "val2017"
+    total = len(list(folder.glob("*.jpg")))
+    data_dir = Path(cli_env["CLIP_SEARCH_DATA_DIR"])
+    config = tmp_path / "small-batches.yaml"
+    config.write_text("model:\n  batch_size: 2\n")
+    env = dict(cli_env, CLIP_SEARCH_CONFIG=str(config))
+    cmd = [sys.executable, "-m", "clip_search", "ingest", str(folder), "--quiet", "--json"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(_catalog_rows(data_dir)) >= 10:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ingest finished before it could be interrupted: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    report = json.loads(out)
+    assert report["interrupted"] is True, err
+    partial = _catalog_rows(data_dir)
+    assert report["added"] == len(partial) < total
+    images = data_dir / "images"
+    assert all((images / key.removeprefix("images/")).is_file() for _, key, _ in partial)
+
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["added"] == total - len(partial)
+    assert len({sha for _, _, sha in _catalog_rows(data_dir)}) == total
+
+
+def test_a_store_failure_stops_the_ingest_with_earlier_batches_committed(settings, tmp_path: Path):
+    """The store fails for one photo of the third batch (its folder cannot be made): the error reaches the caller,
+    the two batches before it are in the collection, nothing of the failing batch is."""
+    photos = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[:10]
+    prefixes = [hashlib.sha256(p.read_bytes()).hexdigest()[:2] for p in photos]
+    failing = next(i for i in range(4, 10) if prefixes[i] not in prefixes[:i])
+    first_bad_batch = failing // 2 * 2
+    settings.model.batch_size = 2
+    engine = SearchEngine(settings)
+    try:
+        blocked = settings.data_dir / settings.storage.local_dir / prefixes[failing]
+        blocked.parent.mkdir(parents=True, exist_ok=True)
+        blocked.write_bytes(b"a file where the store wants a folder")
+        with pytest.raises(StorageError, match="cannot write"):
+            ingest_paths(engine, photos, progress=False)
+        committed = {sha for _, _, sha in _catalog_rows(settings.data_dir)}
+        assert committed == {hashlib.sha256(p.read_bytes()).hexdigest() for p in photos[:first_bad_batch]}
+    finally:
+        engine.close()

@@ -11,8 +11,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from clip_search import ui
 from clip_search.access import ADMIN_TOKEN_ENV, UPLOAD_TOKEN_ENV
+from clip_search.app import build, guard, handlers, text, uploads
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError, EmptyQueryError, InvalidImageError, NotFoundError
 from clip_search.ingest import ingest_paths
@@ -53,22 +53,22 @@ def _request(host: str = "203.0.113.7", headers: dict | None = None) -> SimpleNa
 
 
 def test_percent_and_captions_are_honest():
-    assert ui.percent(0.874) == "87%"
-    assert ui.percent(0.001) == "<1%"
-    assert ui.percent(0.9999) == ">99%"
+    assert text.percent(0.874) == "87%"
+    assert text.percent(0.001) == "<1%"
+    assert text.percent(0.9999) == ">99%"
     text_hit = SimpleNamespace(probability=0.874, score=0.3112)
     image_hit = SimpleNamespace(probability=None, score=0.9312)
-    assert ui.hit_caption(text_hit) == "87% match · 0.31"
-    assert ui.hit_caption(image_hit) == "similarity 0.93"
+    assert text.hit_caption(text_hit) == "87% match · 0.31"
+    assert text.hit_caption(image_hit) == "similarity 0.93"
 
 
 def test_markdown_from_visitors_is_shown_literally():
-    assert ui.md_escape("**bold** <b>x</b> [link](http://x)") == (r"\*\*bold\*\* \<b\>x\</b\> \[link\]\(http://x\)")
+    assert text.md_escape("**bold** <b>x</b> [link](http://x)") == (r"\*\*bold\*\* \<b\>x\</b\> \[link\]\(http://x\)")
 
 
 def test_header_shows_size_model_and_api_link(engine: SearchEngine):
     engine.settings.app.title = "<My> photos"
-    header = ui.header_html(engine)
+    header = text.header_html(engine)
     assert "&lt;My&gt; photos" in header and "<My>" not in header
     assert "8 images" in header
     assert "tiny-siglip" in header  # a local checkpoint shows its folder name, not the server's disk layout
@@ -81,7 +81,7 @@ def test_header_shows_size_model_and_api_link(engine: SearchEngine):
 
 def test_text_search_shows_probability_and_score(engine: SearchEngine):
     engine.settings.search.min_probability = 0.0
-    results = ui.text_search(engine, "a dog on a beach", 5)
+    results = handlers.text_search(engine, "a dog on a beach", 5)
     assert len(results.hits) == 5 and results.confident
     assert "5 results" in results.message and "a dog on a beach" in results.message
     items = results.gallery()
@@ -97,7 +97,7 @@ def test_text_search_shows_probability_and_score(engine: SearchEngine):
 
 def test_weak_matches_are_called_out_but_still_shown(engine: SearchEngine):
     engine.settings.search.min_probability = 1.0
-    results = ui.text_search(engine, "a purple elephant", 4)
+    results = handlers.text_search(engine, "a purple elephant", 4)
     assert not results.confident
     assert "No good match" in results.message and "closest" in results.message
     assert len(results.hits) == 4 and len(results.gallery()) == 4
@@ -105,30 +105,30 @@ def test_weak_matches_are_called_out_but_still_shown(engine: SearchEngine):
 
 def test_no_good_match_never_says_the_best_is_a_near_certain_match():
     """With the threshold forced near 1, ">99%" is both a weak match and a near-certain one: say the figures."""
-    assert ui._best_below(0.31, 0.5) == "the best is a 31% match"
-    assert ui._best_below(0.995, 0.999) == "the best is a 99.5% match, below the 99.9% asked for here"
-    assert ui._best_below(0.9991, 0.9995) == "the best is a 99.91% match, below the 99.95% asked for here"
-    assert ui._best_below(0.9999, 1.0) == "the best is a 99.9% match, below the 100.0% asked for here"
-    assert ui._best_below(0.62, 0.65) == "the best is a 62% match"
-    assert ui._best_below(0.99899, 0.999) == "the best is a 99.8% match, below the 99.9% asked for here"
+    assert text.best_below(0.31, 0.5) == "the best is a 31% match"
+    assert text.best_below(0.995, 0.999) == "the best is a 99.5% match, below the 99.9% asked for here"
+    assert text.best_below(0.9991, 0.9995) == "the best is a 99.91% match, below the 99.95% asked for here"
+    assert text.best_below(0.9999, 1.0) == "the best is a 99.9% match, below the 100.0% asked for here"
+    assert text.best_below(0.62, 0.65) == "the best is a 62% match"
+    assert text.best_below(0.99899, 0.999) == "the best is a 99.8% match, below the 99.9% asked for here"
 
 
 def test_empty_query_is_refused_in_plain_words(engine: SearchEngine):
     with pytest.raises(EmptyQueryError, match="empty"):
-        ui.text_search(engine, "   ", 5)
+        handlers.text_search(engine, "   ", 5)
 
 
 def test_empty_collection_says_how_to_add_photos(empty_engine: SearchEngine, photos: list[Path]):
-    results = ui.text_search(empty_engine, "a cat", 5)
+    results = handlers.text_search(empty_engine, "a cat", 5)
     assert results.hits == [] and "Upload" in results.message and "ingest --samples" in results.message
-    assert "Upload" in ui.empty_notice(empty_engine)
-    assert ui.image_search(empty_engine, photos[0]).hits == []
+    assert "Upload" in text.empty_notice(empty_engine)
+    assert handlers.image_search(empty_engine, photos[0]).hits == []
     with pytest.raises(InvalidImageError):  # an unusable picture is still refused
-        ui.image_search(empty_engine, b"not an image")
+        handlers.image_search(empty_engine, b"not an image")
 
 
 def test_image_search_finds_the_image_itself_first(engine: SearchEngine, photos: list[Path]):
-    results = ui.image_search(engine, str(photos[3]), None, 3)
+    results = handlers.image_search(engine, str(photos[3]), None, 3)
     assert results.hits[0].source.endswith(photos[3].name)
     assert results.hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert results.gallery()[0][1] == "similarity 1.00"
@@ -137,9 +137,9 @@ def test_image_search_finds_the_image_itself_first(engine: SearchEngine, photos:
 
 def test_image_search_needs_an_image(engine: SearchEngine):
     with pytest.raises(ClipSearchError, match="choose an image"):
-        ui.image_search(engine, None, "  ", 3)
+        handlers.image_search(engine, None, "  ", 3)
     with pytest.raises(InvalidImageError):
-        ui.image_search(engine, b"\x89PNG garbage", None, 3)
+        handlers.image_search(engine, b"\x89PNG garbage", None, 3)
 
 
 def test_image_search_refuses_a_query_image_over_the_size_limit(engine: SearchEngine, tmp_path: Path):
@@ -147,81 +147,81 @@ def test_image_search_refuses_a_query_image_over_the_size_limit(engine: SearchEn
     big.write_bytes(b"\xff" * 2048)
     engine.settings.upload.max_bytes = 1024
     with pytest.raises(ClipSearchError, match="too large"):
-        ui.image_search(engine, str(big), None, 3)
+        handlers.image_search(engine, str(big), None, 3)
 
 
 def test_a_text_file_named_jpg_is_refused_as_not_an_image(engine: SearchEngine, tmp_path: Path):
     """Said as soon as it is chosen (its preview would only look broken) and again if searched with."""
     notes = tmp_path / "notes.jpg"
     notes.write_text("milk, eggs, bread")
-    for handler in (ui.check_query_image, lambda e, image: ui.image_search(e, image, None, 3)):
+    for handler in (handlers.check_query_image, lambda e, image: handlers.image_search(e, image, None, 3)):
         with pytest.raises(InvalidImageError, match=r"^not a supported image format \(accepted: JPEG, PNG"):
             handler(engine, str(notes))
-    ui.check_query_image(engine, None)  # the box was cleared: nothing to say
+    handlers.check_query_image(engine, None)  # the box was cleared: nothing to say
 
 
 def test_a_query_image_is_checked_from_its_header_when_chosen(engine: SearchEngine, tmp_path: Path):
     giant = tmp_path / "giant.png"
     Image.new("1", (8000, 6000)).save(giant)  # 48 MP, one bit per pixel: a small file over upload.max_pixels
     with pytest.raises(InvalidImageError, match=r"8000x6000 is 48\.0 megapixels"):
-        ui.check_query_image(engine, str(giant))
+        handlers.check_query_image(engine, str(giant))
 
 
 def test_result_counts_are_clamped_or_refused_in_words(engine: SearchEngine):
-    assert len(ui.text_search(engine, "a dog", 0).hits) == 1
-    assert len(ui.text_search(engine, "a dog", -5).hits) == 1
-    assert len(ui.text_search(engine, "a dog", 1e9).hits) == 8  # everything the collection holds
-    assert len(ui.text_search(engine, "a dog", "3").hits) == 3
+    assert len(handlers.text_search(engine, "a dog", 0).hits) == 1
+    assert len(handlers.text_search(engine, "a dog", -5).hits) == 1
+    assert len(handlers.text_search(engine, "a dog", 1e9).hits) == 8  # everything the collection holds
+    assert len(handlers.text_search(engine, "a dog", "3").hits) == 3
     for bad in (float("nan"), "ten", ""):
         with pytest.raises(ClipSearchError, match="the number of results must be a number from 1 to 100"):
-            ui.text_search(engine, "a dog", bad)
+            handlers.text_search(engine, "a dog", bad)
 
 
 @pytest.mark.parametrize("image_id", [1e20, -3, float("inf"), "seven", 2**64])
 def test_ids_that_name_no_image_are_not_found(engine: SearchEngine, image_id: object):
     with pytest.raises(NotFoundError, match="no image with id"):
-        ui.more_like_this(engine, image_id, 3)
+        handlers.more_like_this(engine, image_id, 3)
     with pytest.raises(NotFoundError, match="no image with id"):
-        ui.delete_image(engine, image_id)
+        handlers.delete_image(engine, image_id)
 
 
 def test_image_urls_to_private_addresses_are_refused(engine: SearchEngine):
     for url in ("http://127.0.0.1:9/x.jpg", "http://localhost/x.jpg", "http://169.254.169.254/latest/meta-data"):
         with pytest.raises(UrlFetchError, match="private or local"):
-            ui.image_search(engine, None, url, 3)
+            handlers.image_search(engine, None, url, 3)
     with pytest.raises(UrlFetchError, match="http"):
-        ui.image_search(engine, None, "file:///etc/passwd", 3)
+        handlers.image_search(engine, None, "file:///etc/passwd", 3)
     engine.settings.app.allow_image_urls = False
-    with pytest.raises(ui.NotAllowed, match="switched off"):
-        ui.image_search(engine, None, "https://example.com/x.jpg", 3)
+    with pytest.raises(guard.NotAllowed, match="switched off"):
+        handlers.image_search(engine, None, "https://example.com/x.jpg", 3)
 
 
 def test_image_url_search_when_private_addresses_are_allowed(engine: SearchEngine, photos: list[Path], http_server):
     engine.settings.app.allow_private_urls = True
     base = http_server({"/p.jpg": photos[2].read_bytes()})
-    results = ui.image_search(engine, None, f"{base}/p.jpg", 2)
+    results = handlers.image_search(engine, None, f"{base}/p.jpg", 2)
     assert results.hits[0].source.endswith(photos[2].name)
 
 
 def test_more_like_this_excludes_the_image_itself(engine: SearchEngine):
-    first = ui.text_search(engine, "a kitchen", 1).hits[0]
-    results = ui.more_like_this(engine, float(first.id), 5)
+    first = handlers.text_search(engine, "a kitchen", 1).hits[0]
+    results = handlers.more_like_this(engine, float(first.id), 5)
     assert first.id not in [h.id for h in results.hits] and len(results.hits) == 5
     assert f"like image {first.id}" in results.message
     with pytest.raises(ClipSearchError, match="click a result"):
-        ui.more_like_this(engine, None, 5)
+        handlers.more_like_this(engine, None, 5)
     with pytest.raises(NotFoundError):
-        ui.more_like_this(engine, 99999, 5)
+        handlers.more_like_this(engine, 99999, 5)
 
 
 def test_details_panel(engine: SearchEngine):
-    hit = ui.text_search(engine, "a bus", 1).as_dicts()[0]
+    hit = handlers.text_search(engine, "a bus", 1).as_dicts()[0]
     hit["caption"] = "a *bold* claim"
     hit["metadata"] = {"credit": "NASA, public domain", "captions": ["one", "two"]}
-    text = ui.describe_hit(hit)
-    assert f"### Image {hit['id']}" in text and r"a \*bold\* claim" in text
-    assert "| Match |" in text and "Credit" in text and "NASA" in text and "- two" in text
-    assert ui.describe_hit(None) == ""
+    details = text.describe_hit(hit)
+    assert f"### Image {hit['id']}" in details and r"a \*bold\* claim" in details
+    assert "| Match |" in details and "Credit" in details and "NASA" in details and "- two" in details
+    assert text.describe_hit(None) == ""
 
 
 # -- upload -------------------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine
     png = tmp_path / "drawing.png"
     Image.open(photos[20]).convert("L").resize((64, 48)).save(png)
     seen = []
-    outcome = ui.upload_files(
+    outcome = uploads.upload_files(
         engine,
         [str(photos[10]), str(photos[0]), str(notes), str(png)],
         "my caption",
@@ -249,47 +249,47 @@ def test_upload_reports_each_file_and_is_searchable_at_once(engine: SearchEngine
     assert len(outcome.added) == 2 and all(Path(url).is_file() for url, _ in outcome.added)
     assert seen[0] == (0, 4) and seen[-1] == (4, 4)
     added_id = outcome.results[0].id
-    assert ui.image_search(engine, str(photos[10]), None, 1).hits[0].id == added_id
+    assert handlers.image_search(engine, str(photos[10]), None, 1).hits[0].id == added_id
     assert engine.get(added_id).caption == "my caption"
 
 
 def test_upload_limits(engine: SearchEngine, photos: list[Path]):
     with pytest.raises(ClipSearchError, match="choose one or more") as info:
-        ui.upload_files(engine, [], None)
+        uploads.upload_files(engine, [], None)
     # the browser silently keeps back a file over the limit: the message says so, in the browser's units too
     assert "a file over 20 MiB is refused by your browser, which writes that limit as “20.0 Mb”" in str(info.value)
-    assert ui._gradio_size(10 * 2**20) == "10.0 Mb" and ui._gradio_size(1536) == "1.5 Kb"
+    assert text.gradio_size(10 * 2**20) == "10.0 Mb" and text.gradio_size(1536) == "1.5 Kb"
     engine.settings.upload.max_files = 2
-    outcome = ui.upload_files(engine, [str(p) for p in photos[10:13]], None, allowed=1, wait_s=42)
+    outcome = uploads.upload_files(engine, [str(p) for p in photos[10:13]], None, allowed=1, wait_s=42)
     assert [r.status for r in outcome.results] == ["added", "rejected", "rejected"]
     assert "try again in 42 s" in outcome.results[1].message
     assert "at most 2" in outcome.results[2].message
     engine.settings.upload.max_bytes = 1000
-    outcome = ui.upload_files(engine, [str(photos[14])], None)
+    outcome = uploads.upload_files(engine, [str(photos[14])], None)
     assert outcome.results[0].status == "rejected" and "too large" in outcome.results[0].message
 
 
 def test_add_samples_fills_an_empty_collection_once(empty_engine: SearchEngine):
-    message = ui.add_samples(empty_engine)
+    message = handlers.add_samples(empty_engine)
     assert empty_engine.count() >= 10 and "sample photos" in message
-    assert "already holds" in ui.add_samples(empty_engine)
+    assert "already holds" in handlers.add_samples(empty_engine)
 
 
 def test_delete_image(engine: SearchEngine):
-    hit = ui.text_search(engine, "a cat", 1).hits[0]
-    assert "Deleted image" in ui.delete_image(engine, hit.id) and engine.count() == 7
+    hit = handlers.text_search(engine, "a cat", 1).hits[0]
+    assert "Deleted image" in handlers.delete_image(engine, hit.id) and engine.count() == 7
     with pytest.raises(NotFoundError):
-        ui.delete_image(engine, hit.id)
+        handlers.delete_image(engine, hit.id)
     with pytest.raises(ClipSearchError, match="give the id"):
-        ui.delete_image(engine, None)
+        handlers.delete_image(engine, None)
 
 
 def test_public_stats_hide_paths(engine: SearchEngine):
-    assert ui.public_stats(engine) == {"images": 8, "model": "tiny-siglip"}
+    assert handlers.public_stats(engine) == {"images": 8, "model": "tiny-siglip"}
 
 
 def test_the_api_page_names_what_stats_answers(engine: SearchEngine):
-    endpoint = ui.build_app(engine).get_api_info()["named_endpoints"]["/stats"]
+    endpoint = build.build_app(engine).get_api_info()["named_endpoints"]["/stats"]
     assert [r["label"] for r in endpoint["returns"]] == ["stats"]  # not "1st"
     assert '"images": int, "model": str' in endpoint["description"]
 
@@ -299,61 +299,61 @@ def test_the_api_page_names_what_stats_answers(engine: SearchEngine):
 
 def test_search_rate_limit_per_client(engine: SearchEngine):
     engine.settings.rate_limit.searches_per_minute = 2
-    gate = ui.Gate(engine)
+    gate = guard.Gate(engine)
     gate.search(_request("198.51.100.1"))
     gate.search(_request("198.51.100.1"))
-    with pytest.raises(ui.TooManyRequests, match=r"Too many searches .* try again in \d+ s"):
+    with pytest.raises(guard.TooManyRequests, match=r"Too many searches .* try again in \d+ s"):
         gate.search(_request("198.51.100.1"))
     gate.search(_request("198.51.100.2"))  # another visitor is not affected
 
 
 def test_proxy_header_only_when_configured(engine: SearchEngine):
     forwarded = _request("10.0.0.1", {"X-Forwarded-For": "1.2.3.4, 203.0.113.9"})
-    assert ui.Gate(engine).client(forwarded) == "10.0.0.1"
+    assert guard.Gate(engine).client(forwarded) == "10.0.0.1"
     engine.settings.rate_limit.trusted_proxy_header = "x-forwarded-for"
-    assert ui.Gate(engine).client(forwarded) == "203.0.113.9"
+    assert guard.Gate(engine).client(forwarded) == "203.0.113.9"
 
 
 def test_upload_rate_limit_lets_part_of_a_batch_through(engine: SearchEngine, monkeypatch):
     monkeypatch.delenv(UPLOAD_TOKEN_ENV, raising=False)
     engine.settings.rate_limit.uploads_per_minute = 3
-    gate = ui.Gate(engine)
+    gate = guard.Gate(engine)
     allowed, wait = gate.upload(_request(), 5, None)
     assert allowed == 3 and wait > 0
-    with pytest.raises(ui.TooManyRequests, match="Too many uploads"):
+    with pytest.raises(guard.TooManyRequests, match="Too many uploads"):
         gate.upload(_request(), 1, None)
 
 
 def test_upload_token(engine: SearchEngine, monkeypatch):
     monkeypatch.setenv(UPLOAD_TOKEN_ENV, "s3cret")
-    gate = ui.Gate(engine)
-    with pytest.raises(ui.NotAllowed, match="upload token"):
+    gate = guard.Gate(engine)
+    with pytest.raises(guard.NotAllowed, match="upload token"):
         gate.upload(_request(), 1, "wrong")
     assert gate.upload(_request(), 1, "s3cret") == (1, 0.0)
 
 
 def test_admin_delete_needs_the_admin_token(engine: SearchEngine, monkeypatch):
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
-    gate = ui.Gate(engine)
-    with pytest.raises(ui.NotAllowed, match="switched off"):
+    gate = guard.Gate(engine)
+    with pytest.raises(guard.NotAllowed, match="switched off"):
         gate.delete(_request("192.0.2.1"), "anything")
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "adm1n")
-    with pytest.raises(ui.NotAllowed, match="admin token"):
+    with pytest.raises(guard.NotAllowed, match="admin token"):
         gate.delete(_request("192.0.2.2"), "nope")
     gate.delete(_request("192.0.2.2"), "adm1n")
     for _ in range(3):
-        with pytest.raises(ui.NotAllowed):
+        with pytest.raises(guard.NotAllowed):
             gate.delete(_request("192.0.2.2"), "guess")
-    with pytest.raises(ui.TooManyRequests):  # guessing is slowed down
+    with pytest.raises(guard.TooManyRequests):  # guessing is slowed down
         gate.delete(_request("192.0.2.2"), "adm1n")
 
 
 def test_errors_become_plain_messages_never_tracebacks(caplog):
-    @ui.friendly
+    @guard.friendly
     def refuses() -> None:
         raise EmptyQueryError("the text query is empty: type a few words")
 
-    @ui.friendly
+    @guard.friendly
     def crashes() -> None:
         raise RuntimeError("segfault in /srv/secret/path.py line 3")
 
@@ -362,7 +362,7 @@ def test_errors_become_plain_messages_never_tracebacks(caplog):
     assert info.value.message == "The text query is empty: type a few words"
     with pytest.raises(gr.Error) as info:
         crashes()
-    assert info.value.message == ui.GENERIC_ERROR and "secret" not in info.value.message
+    assert info.value.message == guard.GENERIC_ERROR and "secret" not in info.value.message
     assert "segfault" in caplog.text  # logged for the operator
 
 
@@ -378,7 +378,7 @@ def test_storage_failures_reach_the_visitor_as_plain_words(private_s3_server, tm
         bucket = server.new_bucket()
         engine = SearchEngine(make_s3_settings(tmp_path / "data", tiny_model_dir, server, bucket))
         try:
-            upload = ui.friendly(ui.upload_files)
+            upload = guard.friendly(uploads.upload_files)
             assert upload(engine, [photos[0]]).results[0].status == "added"
             server.stop()
             with pytest.raises(gr.Error) as info:
@@ -386,7 +386,7 @@ def test_storage_failures_reach_the_visitor_as_plain_words(private_s3_server, tm
         finally:
             engine.close()
     shown = f"{info.value.title} {info.value.message}"
-    assert info.value.message == ui.STORAGE_UNAVAILABLE
+    assert info.value.message == guard.STORAGE_UNAVAILABLE
     for detail in (server.endpoint, bucket, "127.0.0.1", "images/", "read_timeout_s"):
         assert detail not in shown
     assert server.endpoint in caplog.text  # the operator still learns what failed
@@ -404,12 +404,12 @@ def _api_names(demo: gr.Blocks) -> set[str]:
 def test_build_app_names_every_action(engine: SearchEngine, monkeypatch):
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
     monkeypatch.delenv(UPLOAD_TOKEN_ENV, raising=False)
-    demo = ui.build_app(engine)
+    demo = build.build_app(engine)
     assert _api_names(demo) == {"search", "search_image", "more_like_this", "query", "upload", "add_samples", "stats"}
     assert not _component(demo, "upload-token").visible  # no token configured: no token field
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "adm1n")
     monkeypatch.setenv(UPLOAD_TOKEN_ENV, "s3cret")
-    demo = ui.build_app(engine)
+    demo = build.build_app(engine)
     assert "delete" in _api_names(demo)
     assert _component(demo, "upload-token").visible
     assert not _component(demo, "cs-add-samples").visible  # uploads need a token: no anonymous sample button
@@ -448,7 +448,7 @@ def test_persistent_storage_on_spaces(tmp_path: Path, monkeypatch):
 
 
 def test_launch_options_serve_only_the_image_folder(engine: SearchEngine):
-    options = ui.launch_options(engine)
+    options = build.launch_options(engine)
     assert options["allowed_paths"] == [str(engine.store.root)]
     assert options["max_file_size"] == engine.settings.upload.max_bytes
     assert "theme" in options and "css" in options
@@ -494,4 +494,4 @@ def http_server():
 def test_png_bytes_are_a_valid_query(engine: SearchEngine, photos: list[Path]):
     buffer = io.BytesIO()
     Image.open(photos[1]).save(buffer, format="PNG")
-    assert ui.image_search(engine, buffer.getvalue(), None, 1).hits[0].source.endswith(photos[1].name)
+    assert handlers.image_search(engine, buffer.getvalue(), None, 1).hits[0].source.endswith(photos[1].name)

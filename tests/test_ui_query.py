@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_search import ui
+from clip_search.app import handlers, session, text
 from clip_search.engine import SearchEngine
 from clip_search.errors import ClipSearchError, EmptyQueryError, InvalidQueryError
 from clip_search.ingest import ingest_paths
@@ -32,7 +32,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, photo
 
 
 def test_search_fields_become_the_query_json():
-    request = ui.search_request(
+    request = session.search_request(
         " a beach ",
         "people, cars ,",
         after="2026-01-01",
@@ -49,16 +49,18 @@ def test_search_fields_become_the_query_json():
         "sort": "newest",
         "k": 6,
     }
-    assert "filters" not in ui.search_request("a beach", "", source="all", orientation="any")
+    assert "filters" not in session.search_request("a beach", "", source="all", orientation="any")
     with pytest.raises(EmptyQueryError, match="empty"):
-        ui.search_request("  ", "people")
+        session.search_request("  ", "people")
     # no words but a filter or an order by date: a browse of the collection
-    assert ui.search_request("", source="upload") == {"sort": "relevance", "filters": {"source": "upload"}}
+    assert session.search_request("", source="upload") == {"sort": "relevance", "filters": {"source": "upload"}}
 
 
 def test_negative_terms_change_the_results(engine: SearchEngine):
-    plain = ui.run_state(engine, ui.new_state("text", ui.search_request("a city street", k=10)))
-    without = ui.run_state(engine, ui.new_state("text", ui.search_request("a city street", "cars, people", k=10)))
+    plain = session.run_state(engine, session.new_state("text", session.search_request("a city street", k=10)))
+    without = session.run_state(
+        engine, session.new_state("text", session.search_request("a city street", "cars, people", k=10))
+    )
     assert plain.state["ids"] != without.state["ids"]
     assert "without cars, people" in without.message
     expected = engine.query("a city street").minus("cars").minus("people").limit(10).run()
@@ -66,78 +68,84 @@ def test_negative_terms_change_the_results(engine: SearchEngine):
 
 
 def test_a_filter_keeps_only_matching_images(engine: SearchEngine):
-    results = ui.run_state(engine, ui.new_state("text", ui.search_request("a photo", source="upload", k=10)))
+    results = session.run_state(
+        engine, session.new_state("text", session.search_request("a photo", source="upload", k=10))
+    )
     assert len(results.state["ids"]) == 1 and not results.page.has_more
     assert "filtered by source" in results.message
-    browse = ui.run_state(engine, ui.new_state("text", ui.search_request("", caption="dog", sort="newest")))
+    browse = session.run_state(
+        engine, session.new_state("text", session.search_request("", caption="dog", sort="newest"))
+    )
     assert browse.state["ids"] == results.state["ids"]
-    hit = ui.opened_hit(engine, browse.state, 0)
+    hit = session.opened_hit(engine, browse.state, 0)
     assert hit["caption"] == "a dog in the snow" and hit["score"] is None  # a browse has no score to show
-    assert "Similarity" not in ui.describe_hit(hit)
+    assert "Similarity" not in text.describe_hit(hit)
 
 
 def test_load_more_appends_the_next_page(engine: SearchEngine):
-    first = ui.run_state(engine, ui.new_state("text", ui.search_request("a kitchen", k=4)))
+    first = session.run_state(engine, session.new_state("text", session.search_request("a kitchen", k=4)))
     assert first.page.has_more and first.state["next"] == 4
-    second = ui.run_state(engine, first.state, more=True)
+    second = session.run_state(engine, first.state, more=True)
     assert second.state["ids"][:4] == first.state["ids"] and len(second.state["ids"]) == 8
     assert len(set(second.state["ids"])) == 8
     assert second.state["ids"] == [h.id for h in engine.query("a kitchen").limit(8).run().hits]
-    gallery = ui.state_gallery(engine, second.state)
+    gallery = session.state_gallery(engine, second.state)
     assert len(gallery) == 8 and all(Path(url).is_file() for url, _ in gallery)
     assert "8 results" in second.message
-    last = ui.run_state(engine, second.state, more=True)  # 11 images: 4 + 4 + 3
+    last = session.run_state(engine, second.state, more=True)  # 11 images: 4 + 4 + 3
     assert not last.page.has_more and len(last.state["ids"]) == engine.count()
     with pytest.raises(ClipSearchError, match="no more results"):
-        ui.run_state(engine, last.state, more=True)
+        session.run_state(engine, last.state, more=True)
 
 
 def test_marks_accumulate_and_refine_reruns_with_them(engine: SearchEngine):
-    state = ui.run_state(engine, ui.new_state("text", ui.search_request("a red car", k=5))).state
+    state = session.run_state(engine, session.new_state("text", session.search_request("a red car", k=5))).state
     good, bad = state["ids"][3], state["ids"][0]
-    state = ui.mark(ui.mark(state, good, True), bad, False)
-    assert ui.marks_note(state).startswith("**1 marked good, 1 marked bad**")
-    refined = ui.run_state(engine, state)
+    state = session.mark(session.mark(state, good, True), bad, False)
+    assert session.marks_note(state).startswith("**1 marked good, 1 marked bad**")
+    refined = session.run_state(engine, state)
     assert bad not in refined.state["ids"]  # a result marked bad is left out
     assert refined.state["ids"] == [h.id for h in engine.query("a red car").like(good).unlike(bad).limit(5).run().hits]
     # a second round keeps the first round's marks; marking an image again changes its mark
-    state = ui.mark(refined.state, refined.state["ids"][1], True)
-    state = ui.mark(state, bad, True)
+    state = session.mark(refined.state, refined.state["ids"][1], True)
+    state = session.mark(state, bad, True)
     assert len(state["good"]) == 3 and state["bad"] == []
-    assert "3 marked good, 0 marked bad" in ui.run_state(engine, state).message
+    assert "3 marked good, 0 marked bad" in session.run_state(engine, state).message
     with pytest.raises(ClipSearchError, match="open a result"):
-        ui.mark(state, None, True)
+        session.mark(state, None, True)
 
 
 def test_image_query_with_words(engine: SearchEngine, photos: list[Path]):
     data = photos[3].read_bytes()
-    results = ui.run_state(engine, ui.new_state("image", {"text": "at night", "k": 5}, image=True), data)
+    results = session.run_state(engine, session.new_state("image", {"text": "at night", "k": 5}, image=True), data)
     expected = engine.query(image=data).plus("at night").limit(5).run()
     assert results.state["ids"] == [h.id for h in expected.hits]
     assert "plus “at night”" in results.message
-    more = ui.run_state(engine, results.state, data, more=True)
+    more = session.run_state(engine, results.state, data, more=True)
     assert len(more.state["ids"]) == 10
 
 
 def test_session_state_is_small(engine: SearchEngine):
     """What a visitor's session keeps between rounds is the query and ids, never galleries or hit dicts."""
-    state = ui.run_state(engine, ui.new_state("text", ui.search_request("a dog", "people", k=11))).state
-    state = ui.mark(state, state["ids"][0], True)
+    state = session.run_state(engine, session.new_state("text", session.search_request("a dog", "people", k=11))).state
+    state = session.mark(state, state["ids"][0], True)
     assert set(state) == {"kind", "request", "image", "source", "ids", "scores", "probabilities", "next", "good", "bad"}
     assert len(json.dumps(state)) < 1500
 
 
 def test_query_json_as_text_or_object(engine: SearchEngine, photos: list[Path]):
-    page = ui.run_query_json(engine, '{"text": "a dog", "minus": ["people"], "k": 3}')
+    page = handlers.run_query_json(engine, '{"text": "a dog", "minus": ["people"], "k": 3}')
     expected = engine.query("a dog").minus("people").limit(3).run()
     assert [h["id"] for h in page["hits"]] == [h.id for h in expected.hits]
     assert page["has_more"] and page["next_start"] == 3
     assert all("/" not in (h["source"] or "") for h in page["hits"])  # file names, not server folders
-    page2 = ui.run_query_json(engine, {"text": "a dog", "minus": ["people"], "k": 3, "page": 2})
+    page2 = handlers.run_query_json(engine, {"text": "a dog", "minus": ["people"], "k": 3, "page": 2})
     assert [h["id"] for h in page2["hits"]] == [
         h.id for h in engine.query("a dog").minus("people").limit(6).run().hits
     ][3:]
-    with_image = ui.run_query_json(engine, {"text": "at night", "k": 2}, str(photos[2]), url_for=lambda u: "x" + u)
+    with_image = handlers.run_query_json(
+        engine, {"text": "at night", "k": 2}, str(photos[2]), url_for=lambda u: "x" + u
+    )
     assert with_image["query"]["parts"][1] == {"image": True, "weight": 1.0}
     assert all(h["url"].startswith("x") for h in with_image["hits"])
 
@@ -154,4 +162,4 @@ def test_query_json_as_text_or_object(engine: SearchEngine, photos: list[Path]):
 )
 def test_bad_query_json_says_what_is_wrong(engine: SearchEngine, payload: str, message: str):
     with pytest.raises(InvalidQueryError, match=message):
-        ui.run_query_json(engine, payload)
+        handlers.run_query_json(engine, payload)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import faiss
 import numpy as np
 import pytest
 
+from clip_search.collection.scan import BLOCK_ROWS, search_threads, set_search_threads
 from clip_search.collection.vector_index import (
     FlatIndex,
     IVFIndex,
@@ -13,6 +18,8 @@ from clip_search.collection.vector_index import (
     default_nlist,
     make_index,
 )
+from clip_search.faisslib import openblas_coretype
+from tests.conftest import ROOT
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -51,7 +58,7 @@ def flat_data() -> tuple[np.ndarray, np.ndarray]:
     return rng.choice(10**9, size=3000, replace=False).astype(np.int64), unit(rng, 3000, 48)
 
 
-@pytest.mark.parametrize("nq", [1, 5, 32])  # 1 and 5: the numpy scan; 32: FAISS's BLAS path
+@pytest.mark.parametrize("nq", [1, 5, 32])
 def test_flat_equals_brute_force(flat_data, nq):
     ids, vectors = flat_data
     index = FlatIndex(48)
@@ -159,6 +166,148 @@ def test_wrong_shapes_are_refused():
         index.add(np.array([1, 2]), np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError, match="shape"):
         index.search(np.zeros((2, 3), np.float32), 1)
+
+
+# -- the flat scan against FAISS's own exact search --------------------------------------------------------------
+
+
+@pytest.fixture
+def threads(request):
+    """Run the test with this many search threads, then put the setting back."""
+    before = search_threads()
+    set_search_threads(request.param)
+    yield request.param
+    set_search_threads(before)
+
+
+def faiss_exact(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) from FAISS's IndexFlatIP over a copy of ``vectors``: the reference the scan must equal."""
+    reference = faiss.IndexFlatIP(vectors.shape[1])
+    reference.add(np.ascontiguousarray(vectors))
+    return reference.search(np.ascontiguousarray(queries), k)
+
+
+def assert_same_top(scores, found, want_scores, want_ids) -> None:
+    """Scores to 1e-5 and the same ids in the same order; two ids may swap only where their scores tie (1e-6)."""
+    assert scores.shape == found.shape == want_ids.shape
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    for q in np.flatnonzero((found != want_ids).any(axis=1)):
+        assert set(found[q]) == set(want_ids[q])
+        for pos in np.flatnonzero(found[q] != want_ids[q]):
+            near = np.abs(want_scores[q] - want_scores[q, pos]) <= 1e-6
+            assert near.sum() > 1, f"query {q} rank {pos}: {found[q, pos]} instead of {want_ids[q, pos]}"
+
+
+@pytest.fixture(scope="module")
+def many() -> dict:
+    """More rows than two scan blocks (so scans split into parts and merge blocks), ids unlike row numbers."""
+    rng = np.random.default_rng(11)
+    n = 2 * BLOCK_ROWS + 5_003
+    vectors = clustered(n, 32, 40, seed=11)
+    ids = rng.choice(10**12, size=n, replace=False).astype(np.int64)
+    index = FlatIndex(32)
+    for start in range(0, n, 9_000):
+        index.add(ids[start : start + 9_000], vectors[start : start + 9_000])
+    return {"ids": ids, "vectors": vectors, "index": index, "queries": clustered(64, 32, 40, seed=12)}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("nq", [1, 7, 32, 64])
+@pytest.mark.parametrize("k", [1, 10, 250])
+def test_flat_scan_equals_faiss_exact_search(many, threads, nq, k):
+    queries = many["queries"][:nq]
+    scores, found = many["index"].search(queries, k)
+    want_scores, rows = faiss_exact(many["vectors"], queries, k)
+    assert scores.dtype == np.float32 and found.dtype == np.int64
+    assert_same_top(scores, found, want_scores, many["ids"][rows])
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_flat_scan_when_every_block_beats_the_last(threads):
+    """Rows sorted from worst to best for the first query: each block replaces the k best found so far."""
+    vectors = clustered(3 * BLOCK_ROWS, 16, 10, seed=5)
+    queries = clustered(8, 16, 10, seed=6)
+    vectors = vectors[np.argsort(vectors @ queries[0])]
+    index = FlatIndex(16)
+    index.add(np.arange(len(vectors)), vectors)
+    for batch in (queries[:1], queries):
+        scores, found = index.search(batch, 20)
+        want_scores, want_rows = faiss_exact(vectors, batch, 20)
+        assert_same_top(scores, found, want_scores, want_rows)
+    assert found[0, 0] == len(vectors) - 1
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_flat_scan_k_beyond_the_collection_empty_and_one_row(threads):
+    rng = np.random.default_rng(4)
+    vectors, queries = unit(rng, 7, 24), unit(rng, 32, 24)
+    index = FlatIndex(24)
+    for nq in (1, 32):
+        assert index.search(queries[:nq], 5)[1].shape == (nq, 0)  # empty
+    index.add(np.array([42]), vectors[:1])
+    for nq in (1, 32):  # one row
+        scores, found = index.search(queries[:nq], 5)
+        want_scores, _ = faiss_exact(vectors[:1], queries[:nq], 1)
+        assert found.tolist() == [[42]] * nq
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    index.add(np.arange(100, 106), vectors[1:])
+    for nq in (1, 32):  # k > N: every row, best first
+        scores, found = index.search(queries[:nq], 50)
+        want_scores, rows = faiss_exact(vectors, queries[:nq], 7)
+        assert_same_top(scores, found, want_scores, np.array([42, 100, 101, 102, 103, 104, 105])[rows])
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_flat_scan_a_query_without_numbers_finds_nothing(many, threads):
+    queries = many["queries"][:3].copy()
+    queries[1, 5] = np.nan
+    scores, found = many["index"].search(queries, 4)
+    assert (found[1] == -1).all() and np.isneginf(scores[1]).all()
+    want_scores, rows = faiss_exact(many["vectors"], queries[[0, 2]], 4)
+    assert_same_top(scores[[0, 2]], found[[0, 2]], want_scores, many["ids"][rows])
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("share", [0.6, 0.05])  # scanned in place with a mask / gathered
+@pytest.mark.parametrize("nq", [1, 32])
+def test_flat_scan_allowed_equals_faiss_over_the_allowed_rows(many, threads, share, nq):
+    rng = np.random.default_rng(8)
+    rows = np.sort(rng.choice(len(many["ids"]), int(len(many["ids"]) * share), replace=False))
+    queries = many["queries"][:nq]
+    scores, found = many["index"].search(queries, 10, allowed=many["ids"][rows])
+    want_scores, picked = faiss_exact(many["vectors"][rows], queries, 10)
+    assert_same_top(scores, found, want_scores, many["ids"][rows][picked])
+    few = many["ids"][rows[:3]]
+    scores, found = many["index"].search(queries, 10, allowed=few)
+    assert found.shape == (nq, 3) and (np.sort(found, axis=1) == np.sort(few)).all()
+
+
+def test_openblas_kernels_follow_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd\n")
+    assert openblas_coretype(cpuinfo) == "SkylakeX"
+    cpuinfo.write_text("flags : fpu sse2 avx avx2 fma\n")
+    assert openblas_coretype(cpuinfo) == "Haswell"
+    cpuinfo.write_text("flags : fpu sse2 avx\n")
+    assert openblas_coretype(cpuinfo) is None
+    assert openblas_coretype(tmp_path / "missing") is None
+
+
+def test_faiss_blas_runs_kernels_made_for_this_cpu():
+    """The OpenBLAS inside faiss-cpu falls back to generic SSE3 kernels on CPUs newer than itself; clip_search
+    loads FAISS with the kernels this CPU's flags allow, and leaves OPENBLAS_CORETYPE as it found it."""
+    want = openblas_coretype()
+    if want is None:
+        pytest.skip("no AVX2 or AVX-512 flags in /proc/cpuinfo: OpenBLAS keeps its own choice")
+    code = (
+        "import os, clip_search.collection.vector_index\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print([i['architecture'] for i in threadpool_info() if i['user_api'] == 'blas' and 'faiss' in i['filepath']], "
+        "os.environ.get('OPENBLAS_CORETYPE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"['{want}'] None"
 
 
 # -- IVF -------------------------------------------------------------------------------------------------------------

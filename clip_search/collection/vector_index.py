@@ -35,14 +35,16 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-import faiss
 import numpy as np
 
+from clip_search.collection.scan import scan_topk
+from clip_search.faisslib import faiss
 from clip_search.fileio import atomic_write_with
 
 log = logging.getLogger(__name__)
 
-# faiss 1.15's default sends batches of 20+ queries down a path ~6x slower on this kind of CPU (same results).
+# faiss 1.15's default sends batches of 20+ queries down a path ~6x slower on this kind of CPU (same results);
+# it still matters for IVF's coarse quantizer (the flat index scans with clip_search.collection.scan).
 faiss.cvar.distance_compute_blas_threshold = 20
 
 _MAGIC = b"CLIPSEARCH-VECTORS\x01"
@@ -52,14 +54,6 @@ _END = b"CSVEND01"
 _MAX_HEADER = 1 << 16
 _CHUNK = 1 << 24  # bytes per read/write call when streaming an array to or from a file
 _MIN_GROWTH = 1024  # rows a flat index grows by at least, so one-at-a-time uploads rarely reallocate
-_NUMPY_QUERIES = 20  # fewer queries than this: one numpy/BLAS pass beats FAISS's per-query scan (measured: ~2.5x)
-_SCAN_ROWS = 1 << 18  # rows per block of that numpy scan, so scores for a batch stay small (~20 MB)
-
-
-def set_faiss_threads(threads: int) -> None:
-    """FAISS's OpenMP thread count (process-wide). One thread is fastest for single queries on few cores."""
-    if threads > 0:
-        faiss.omp_set_num_threads(threads)
 
 
 def default_nlist(n: int) -> int:
@@ -161,8 +155,11 @@ class FlatIndex(VectorIndex):
     FAISS's codes are a ``std::vector``, which doubles when it outgrows its capacity (a transient 2x copy). We
     reserve capacity through its SWIG ``resize``: growing to the wanted size and shrinking back leaves the
     capacity allocated (``std::vector`` never gives capacity back on shrink), so the following ``add`` calls copy
-    each batch once into place. Few queries are scanned by numpy/BLAS over a zero-copy view of those codes
-    (``faiss.rev_swig_ptr``), which on this kind of CPU runs at memory bandwidth; batches go to FAISS.
+    each batch once into place. Queries, one or many, are scanned by :func:`~clip_search.collection.scan.scan_topk`
+    over a zero-copy view of those codes (``faiss.rev_swig_ptr``): one pass over the vectors per batch, through
+    numpy's BLAS. FAISS's own scan was ~2x slower for one query and 2-5x (1 thread) to 10x (2 threads) for a
+    batch of 32 on the development machine, whose CPU the OpenBLAS 0.3.15 inside the faiss-cpu 1.15.1 wheel
+    does not know: it runs its generic "Prescott" kernels (benchmarks/bench_search.py).
     """
 
     kind = "flat"
@@ -227,11 +224,8 @@ class FlatIndex(VectorIndex):
         k = min(int(k), len(self))
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
-        if len(queries) < _NUMPY_QUERIES:
-            scores, rows = _scan_topk(self._vectors(), queries, k)
-        else:
-            scores, rows = self._index.search(queries, k)
-        return scores, np.where(rows >= 0, self._ids[rows], -1)  # -1 only for NaN queries: k <= len
+        scores, rows = scan_topk(self._vectors(), queries, k)
+        return scores, self._id_of(rows)
 
     def _search_allowed(self, queries: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k among the rows ``mask`` allows. A few rows are gathered and scanned; many (over a
@@ -241,14 +235,18 @@ class FlatIndex(VectorIndex):
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
         if count * 4 > len(mask):
-            scores, found = _scan_topk(self._vectors(), queries, k, mask=mask)
-            return scores, self._ids[found]
+            scores, found = scan_topk(self._vectors(), queries, k, mask=mask)
+            return scores, self._id_of(found)
         rows = np.flatnonzero(mask)
-        scores, found = _scan_topk(self._vectors()[rows], queries, k)
-        return scores, self._ids[rows[found]]
+        scores, found = scan_topk(self._vectors()[rows], queries, k)
+        return scores, self._id_of(np.where(found >= 0, rows[found], -1))
 
     def ids(self) -> np.ndarray:
         return self._ids[: len(self)].copy()
+
+    def _id_of(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of scan rows; -1 stays -1 (a query with no finite value finds nothing)."""
+        return np.where(rows >= 0, self._ids[rows], -1)
 
     # -- storage ------------------------------------------------------------------------------------------------------
 
@@ -504,26 +502,6 @@ def _as_ids(ids: np.ndarray, n: int) -> np.ndarray:
 
 def _empty(nq: int, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((nq, k), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
-
-
-def _scan_topk(
-    vectors: np.ndarray, queries: np.ndarray, k: int, *, mask: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k rows by inner product, one BLAS pass over ``vectors`` in blocks (memory-bandwidth bound);
-    rows where ``mask`` is False never win (k must not exceed the rows it allows)."""
-    found_scores, found_rows = [], []
-    for start in range(0, len(vectors), _SCAN_ROWS):
-        block = vectors[start : start + _SCAN_ROWS]
-        scores = (block @ queries[0])[None] if len(queries) == 1 else queries @ block.T  # (nq, rows)
-        if mask is not None:
-            scores[:, ~mask[start : start + _SCAN_ROWS]] = -np.inf
-        take = min(k, scores.shape[1])
-        rows = np.argpartition(scores, scores.shape[1] - take, axis=1)[:, -take:]
-        found_scores.append(np.take_along_axis(scores, rows, axis=1))
-        found_rows.append(rows + start)
-    scores, rows = np.concatenate(found_scores, axis=1), np.concatenate(found_rows, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def _since(started: float) -> float:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from clip_search.evaluation.embed_cache import EmbeddingCache, sha256_text
 from clip_search.evaluation.metrics import Ranks, chance, hit_at_k, rank_relevant, recall_at_k, summarize
 from clip_search.evaluation.zeroshot import check_templates, label_vectors
 from clip_search.images import decode_image, model_draft_side, sha256_hex
+from clip_search.prefetch import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -76,82 +75,34 @@ def embed_images(
     cache.load("images")  # before the pool starts: the workers only read it
     started = time.perf_counter()
 
-    def work(path: Path) -> tuple[str, np.ndarray | None, str | None]:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return "", None, f"cannot read: {exc.strerror or exc}"
-        digest = sha256_hex(data)
-        if cache.get("images", [digest]):
-            return digest, None, None
-        try:
-            decoded = decode_image(data, max_pixels=max_pixels, draft_side=draft_side)
-        except InvalidImageError as exc:
-            return digest, None, str(exc)
-        return digest, encoder.preprocess(decoded.image), None
+    def read(path: Path) -> _Read:
+        return _read_for_model(Path(path), encoder, cache, max_pixels=max_pixels, draft_side=draft_side)
 
     n = len(paths)
-    digests: list[str] = [""] * n
     ok = np.zeros(n, dtype=bool)
     skipped: list[tuple[str, str]] = []
     vectors: dict[int, np.ndarray] = {}
-    pending_batch: list[tuple[int, str, np.ndarray]] = []
+    batch: list[tuple[int, str, np.ndarray]] = []
     embedded = 0
-    bar = tqdm(total=n, desc="embed images", unit="img", disable=not progress, smoothing=0.1)
-
-    def flush() -> None:
-        nonlocal embedded
-        if not pending_batch:
-            return
-        out = encoder.encode_pixels(np.stack([pixels for _, _, pixels in pending_batch]))
-        cache.put("images", [digest for _, digest, _ in pending_batch], out)
-        for (pos, _, _), vector in zip(pending_batch, out, strict=True):
-            vectors[pos] = vector
-        embedded += len(pending_batch)
-        bar.update(len(pending_batch))
-        pending_batch.clear()
-
-    def collect(pos: int, result: tuple[str, np.ndarray | None, str | None]) -> None:
-        digest, pixels, error = result
-        digests[pos] = digest
-        if error is not None:
-            skipped.append((str(paths[pos]), error))
-            log.warning("skipped %s: %s", paths[pos], error)
-            bar.update(1)
-            return
-        ok[pos] = True
-        if pixels is None:  # cached
-            vectors[pos] = cache.get("images", [digest])[digest]
-            bar.update(1)
-            return
-        pending_batch.append((pos, digest, pixels))
-        if len(pending_batch) >= batch_size:
-            flush()
-
     window = max(2 * batch_size, 4 * workers)
-    pending: deque[tuple[int, Future]] = deque()
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode") as pool:
-            try:
-                for pos, path in enumerate(paths):
-                    pending.append((pos, pool.submit(work, Path(path))))
-                    if len(pending) >= window:
-                        done_pos, fut = pending.popleft()
-                        collect(done_pos, fut.result())
-                while pending:
-                    done_pos, fut = pending.popleft()
-                    collect(done_pos, fut.result())
-                flush()
-            except BaseException:
-                for _, fut in pending:
-                    fut.cancel()
-                raise
-    finally:
-        bar.close()
+    with tqdm(total=n, desc="embed images", unit="img", disable=not progress, smoothing=0.1) as bar:
+        for pos, (digest, pixels, error) in enumerate(ordered_map(read, paths, workers=workers, window=window)):
+            if error is not None:
+                skipped.append((str(paths[pos]), error))
+                log.warning("skipped %s: %s", paths[pos], error)
+            elif pixels is None:  # cached
+                ok[pos] = True
+                vectors[pos] = cache.get("images", [digest])[digest]
+            else:
+                ok[pos] = True
+                batch.append((pos, digest, pixels))
+                if len(batch) < batch_size:
+                    continue
+                embedded += _embed_batch(encoder, cache, batch, vectors)
+            bar.update(len(vectors) + len(skipped) - bar.n)
+        embedded += _embed_batch(encoder, cache, batch, vectors)
+        bar.update(n - bar.n)
     seconds = time.perf_counter() - started
-    order = np.flatnonzero(ok)
-    dim = next(iter(vectors.values())).shape[0] if vectors else 0
-    matrix = np.stack([vectors[i] for i in order]).astype(np.float32) if len(order) else np.zeros((0, dim), np.float32)
     stats = {
         "images": float(n),
         "embedded": float(embedded),
@@ -160,7 +111,48 @@ def embed_images(
         "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 2) if seconds > 0 else 0.0,
     }
-    return matrix, ok, skipped, stats
+    return _stacked(vectors, np.flatnonzero(ok)), ok, skipped, stats
+
+
+_Read = tuple[str, "np.ndarray | None", "str | None"]  # (sha256, pixels or None when cached, error)
+
+
+def _read_for_model(path: Path, encoder: Any, cache: EmbeddingCache, *, max_pixels: int, draft_side: int) -> _Read:
+    """One file's sha256 and model input (none when its vector is cached), or why it cannot be used."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", None, f"cannot read: {exc.strerror or exc}"
+    digest = sha256_hex(data)
+    if cache.get("images", [digest]):
+        return digest, None, None
+    try:
+        decoded = decode_image(data, max_pixels=max_pixels, draft_side=draft_side)
+    except InvalidImageError as exc:
+        return digest, None, str(exc)
+    return digest, encoder.preprocess(decoded.image), None
+
+
+def _embed_batch(
+    encoder: Any, cache: EmbeddingCache, batch: list[tuple[int, str, np.ndarray]], vectors: dict[int, np.ndarray]
+) -> int:
+    """Embed and cache a batch of (position, sha256, pixels), filling ``vectors``; the batch is emptied."""
+    if not batch:
+        return 0
+    out = encoder.encode_pixels(np.stack([pixels for _, _, pixels in batch]))
+    cache.put("images", [digest for _, digest, _ in batch], out)
+    for (pos, _, _), vector in zip(batch, out, strict=True):
+        vectors[pos] = vector
+    done = len(batch)
+    batch.clear()
+    return done
+
+
+def _stacked(vectors: dict[int, np.ndarray], order: np.ndarray) -> np.ndarray:
+    dim = next(iter(vectors.values())).shape[0] if vectors else 0
+    if not len(order):
+        return np.zeros((0, dim), np.float32)
+    return np.stack([vectors[i] for i in order]).astype(np.float32)
 
 
 def embed_texts(
