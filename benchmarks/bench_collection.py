@@ -30,6 +30,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, threading, time, hashlib
+from pathlib import Path
 import numpy as np
 from clip_search.collection import Collection, CollectionTable, NewImage
 mode, path, dim, model, model_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -53,9 +54,12 @@ if mode == "full":
     idle = []
     for row in q:
         t = time.perf_counter(); c.search(row[None], 10); idle.append(time.perf_counter() - t)
-    adds = []
+    def disk():
+        return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    adds, before = [], disk()
     for i in range(20):
         t = time.perf_counter(); c.add([image(i)]); adds.append(time.perf_counter() - t)
+    out["bytes_per_add"] = (disk() - before) / 20
     stop = threading.Event()
     def burst():
         i = 100
@@ -193,7 +197,8 @@ def print_round(big: dict, one_k: dict, floor: dict, vector_gb: float) -> None:
         f"empty process ({floor['peak_gb']:.2f} GB); search idle {big['search_idle_ms']:.1f} ms, during "
         f"uploads {big['search_busy_ms']:.1f} ms ({big['search_busy_ms'] / big['search_idle_ms']:.2f}x); "
         f"upload->searchable (table side) {big['add_ms']:.1f} ms at N vs {one_k['add_ms']:.1f} ms at 1k "
-        f"({big['add_ms'] / one_k['add_ms']:.2f}x)",
+        f"({big['add_ms'] / one_k['add_ms']:.2f}x); bytes written per upload {big['bytes_per_add'] / 1e3:.1f} kB "
+        f"at N vs {one_k['bytes_per_add'] / 1e3:.1f} kB at 1k",
         flush=True,
     )
 

@@ -2,21 +2,30 @@
 same images, and today's single-process ingest.
 
     python -m clip_search.testing tiny-model /tmp/base --base-architecture
-    python benchmarks/bench_ray_ingest.py ../shared/data/coco-mini/val2017 --model /tmp/base --limit 128
+    python benchmarks/bench_ray_ingest.py ../shared/data/coco-mini/val2017 --model /tmp/base --limit 64 [--rounds 3]
 
-The forward floor is measured before and after the ingests (the mean is used: the machine may be shared). The Ray
-figure is given two ways: end to end (Ray's start-up, worker imports and model loads included) and steady
-(files/s once the first embedded batch reached the driver). Prints one line per measure, then the ratios.
+The machine may be shared, so the three are interleaved: each round runs the forward floor, the Ray ingest and
+the plain ingest once (the order rotating from round to round, so a slow stretch does not always hit the same
+one), into fresh collections, and each round's ratios use that round's figures. The Ray figure is given two
+ways: end to end (Ray's start-up, worker imports and model loads included) and steady (files/s through the
+embedders once the first batch was embedded). Prints one line per measure, then each ratio's median and spread.
+
+Ray starts its worker processes at niceness 15 (its ``worker_niceness`` setting): on a machine busy with other
+jobs they then get a small share of the CPU beside the floor and the plain ingest, which run at 0. By default this
+benchmark sets the workers' niceness to 0 (``--ray-niceness ''`` keeps Ray's), which on a quiet machine changes
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
+import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +50,6 @@ def forward_rate(settings, paths: list[Path]) -> float:
     encoder.encode_pixels(pixels)
     rate = len(paths) / (time.perf_counter() - start)
     print(f"forward floor: {len(paths)} images, {rate:.2f} images/s (batch {settings.model.batch_size})", flush=True)
-    del encoder, pixels
-    gc.collect()
     return rate
 
 
@@ -54,7 +61,6 @@ def single_rate(settings, paths: list[Path], tmp: Path) -> float:
         report = ingest_paths(engine, paths, progress=False)
     rate = report.added / report.seconds
     print(f"single-process ingest: {report.added} images in {report.seconds:.1f} s = {rate:.2f} images/s", flush=True)
-    gc.collect()
     return rate
 
 
@@ -75,29 +81,80 @@ def ray_rates(settings, paths: list[Path], tmp: Path, cpus: int) -> tuple[float,
     return end_to_end, report.steady_rate
 
 
+def measure(step: str, settings, paths: list[Path], tmp: Path, cpus: int, niceness: str) -> dict[str, float]:
+    """One measure (see :func:`one_round`)."""
+    if niceness:
+        os.environ["RAY_worker_niceness"] = niceness  # noqa: SIM112 (Ray reads this exact name)
+    if step == "forward":
+        return {"forward": forward_rate(settings, paths)}
+    if step == "ray":
+        return dict(zip(("ray_end_to_end", "ray_steady"), ray_rates(settings, paths, tmp, cpus), strict=True))
+    return {"single": single_rate(settings, paths, tmp)}
+
+
+def one_round(settings, paths: list[Path], tmp: Path, cpus: int, turn: int, niceness: str) -> dict[str, float]:
+    """The three measures once, in an order rotated by ``turn``, each ingest into its own fresh collection. Each
+    runs in a fresh spawned process: no model, torch thread pool or memory carried over, and Ray never starts in a
+    process that has used Lance (Lance is not fork-safe)."""
+    steps = ["forward", "ray", "single"]
+    figures: dict[str, float] = {}
+    for step in steps[turn % 3 :] + steps[: turn % 3]:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            figures.update(pool.submit(measure, step, settings, paths, tmp, cpus, niceness).result())
+    return figures
+
+
+RATIOS = (
+    ("ray steady / forward floor", "ray_steady", "forward", " (goal >= 0.85)"),
+    ("ray end to end / forward floor", "ray_end_to_end", "forward", ""),
+    ("ray steady / single-process", "ray_steady", "single", ""),
+    ("ray end to end / single-process", "ray_end_to_end", "single", ""),
+    ("single-process / forward floor", "single", "forward", ""),
+)
+
+
+def report(rounds: list[dict[str, float]]) -> None:
+    """Each ratio's median over the rounds, with its lowest and highest round."""
+    print(f"over {len(rounds)} rounds (median, [min - max]):")
+    for name in ("forward", "ray_steady", "ray_end_to_end", "single"):
+        values = [r[name] for r in rounds]
+        print(f"  {name:<32} {statistics.median(values):5.2f} images/s [{min(values):.2f} - {max(values):.2f}]")
+    for label, top, bottom, goal in RATIOS:
+        values = [r[top] / r[bottom] for r in rounds]
+        print(f"  {label:<32} {statistics.median(values):5.2f}x [{min(values):.2f} - {max(values):.2f}]{goal}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--limit", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--ray-niceness",
+        default="0",
+        help="CPU niceness of Ray's workers (Ray's own default: 15); '' keeps Ray's. 0, as the floor and the plain "
+        "ingest run, compares the three on equal terms on a machine shared with other jobs",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = load_config(env={})
     settings.model.id = args.model
     settings.model.batch_size = args.batch_size
     paths = find_images(args.folder, recursive=True, extensions=settings.ingest.extensions)[: args.limit]
-    before = forward_rate(settings, paths)
-    with tempfile.TemporaryDirectory() as tmp:
-        end_to_end, steady = ray_rates(settings, paths, Path(tmp), args.cpus)
-        single = single_rate(settings, paths, Path(tmp))
-    after = forward_rate(settings, paths)
-    floor = (before + after) / 2
-    print(f"ray steady / forward floor:     {steady / floor:.2f}x (goal >= 0.85)")
-    print(f"ray end to end / forward floor: {end_to_end / floor:.2f}x")
-    print(f"ray steady / single-process:    {steady / single:.2f}x")
-    print(f"ray end to end / single-process: {end_to_end / single:.2f}x")
+    rounds = []
+    for turn in range(args.rounds):
+        print(f"-- round {turn + 1} of {args.rounds}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds.append(one_round(settings, paths, Path(tmp), args.cpus, turn, args.ray_niceness))
+    report(rounds)
+    niceness = args.ray_niceness or "Ray's default"
+    print(
+        time.strftime("%Y-%m-%d"),
+        f"{len(paths)} images, batch {args.batch_size}, {args.cpus} CPUs for Ray, Ray workers' niceness {niceness}",
+    )
 
 
 if __name__ == "__main__":

@@ -5,13 +5,22 @@ From the repository root, with ``PYTHONPATH=.``:
     python benchmarks/bench_vector_index.py [--n 1000000] [--dim 768] [--clusters 1000] [--nprobe 4 8 16 32 64] [--save]
     python benchmarks/bench_vector_index.py --quick                          # n = 100,000
     python benchmarks/bench_vector_index.py --n 0 --real /tmp/imagenette-base.npy --nprobe 1 2 4 8 16
-    python benchmarks/bench_vector_index.py --embed-imagenette MODEL_DIR OUT.npy [--limit 1000]
+    python benchmarks/bench_vector_index.py --embed-imagenette MODEL_DIR OUT.npy [--limit 1000] [--cache-dir DIR]
+    python benchmarks/bench_vector_index.py --n 0 --real OUT.npy --derive 1000000 --interleave
 
 Synthetic vectors are clustered unit vectors generated batch by batch (65,536 rows at a time, never two full
 copies). Each index is built in its own spawned child process, so its peak RSS (the kernel's high-water mark,
 ``ru_maxrss``; psutil for the current RSS) is its own; ``--save`` also times save, and load in a fresh child.
-Latencies are medians over ~50 single queries; recall@10 is against the flat index; ratios are taken within one
-run because the machine is shared and noisy.
+``--interleave`` builds both in one child instead and times each query on flat and then on IVF at every nprobe,
+so a shared machine's changing load hits both sides of each speed-up alike. Latencies are medians over ~50 single
+queries; recall@10 is against the flat index.
+
+Vectors of real photos (``--real``): ``--embed-imagenette`` embeds the shared Imagenette photos once (through the
+evaluation's embedding cache: resumable, and a re-run embeds nothing). Of a file's rows, ``--recall-queries``
+(at most a tenth) are held out as queries and never indexed. ``--derive N`` then also builds a DERIVED set of N rows
+from the others (not real photos: each base vector once as it is, then copies with gaussian noise whose norm is
+``--derive-noise`` times the median distance between a base vector and its nearest neighbour, normalised), to see
+IVF at a million rows with the real vectors' geometry; its queries are the same held-out real vectors.
 """
 
 from __future__ import annotations
@@ -219,6 +228,55 @@ def run_job(job: Job) -> dict:
     return result
 
 
+def run_together(job: Job) -> dict:
+    """In a fresh process: both indexes, then every timed query on flat and on IVF at each nprobe, one after the
+    other, so a change in the machine's load hits both sides of each speed-up alike (peak RSS is of the two)."""
+    from clip_search.collection.scan import set_search_threads
+    from clip_search.collection.vector_index import make_index
+
+    set_search_threads(job.threads)
+    flat: dict = {"baseline_rss": _rss()}
+    started = time.perf_counter()
+    index = make_index("flat", job.source.dim, expected=job.source.n)
+    flat["add_s"] = _fill(index, job.source.batches())
+    flat["build_s"] = time.perf_counter() - started
+    ivf: dict = {"baseline_rss": flat["baseline_rss"]}
+    started = time.perf_counter()
+    approx = _build_ivf(job, ivf)
+    ivf["build_s"] = time.perf_counter() - started
+    for result in (flat, ivf):
+        result["peak_rss"], result["rss"], result["together"] = _peak_rss(), _rss(), True
+    timed = job.queries[: job.latency_queries]
+    searches = {"flat": lambda q: index.search(q, K), "faiss": lambda q: index._index.search(q, K)}
+    for nprobe in job.nprobes:
+        searches[nprobe] = lambda q, n=nprobe: _search_at(approx, n, q)
+    times = _interleaved_ms(searches, timed)
+    flat.update(timed=len(timed), ms=times["flat"], faiss_ms=times["faiss"], bandwidth=_bandwidth(index._vectors()))
+    flat["found"] = index.search(job.queries, K)[1]
+    ivf["ms"] = {nprobe: times[nprobe] for nprobe in job.nprobes}
+    ivf["found"] = {nprobe: _search_at(approx, nprobe, job.queries)[1] for nprobe in job.nprobes}
+    return {"flat": flat, "ivf": ivf}
+
+
+def _search_at(index, nprobe: int, queries: np.ndarray):
+    index.nprobe = nprobe
+    return index.search(queries, K)
+
+
+def _interleaved_ms(searches: dict, queries: np.ndarray) -> dict:
+    """Median ms of each search over ``queries``, query by query through all of them (after a warm-up)."""
+    for q in queries[:5]:
+        for search in searches.values():
+            search(q[None])
+    times: dict = {name: [] for name in searches}
+    for q in queries:
+        for name, search in searches.items():
+            started = time.perf_counter()
+            search(q[None])
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(spent) * 1000 for name, spent in times.items()}
+
+
 def _fill(index, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> float:
     """Add batch by batch; returns the seconds spent in ``add`` alone (not generating the data)."""
     spent = 0.0
@@ -289,6 +347,13 @@ def compare(title: str, source: Source, args: argparse.Namespace) -> None:
     queries = source.queries(args.recall_queries)
     vector_bytes = source.n * source.dim * 4
     print(f"\n== {title}: {source.n:,} x {source.dim} float32 = {vector_bytes / 1e9:.2f} GB of vectors", flush=True)
+    if args.interleave:
+        job = Job("both", source, queries, args.queries, args.nprobe, args.nlist, args.threads)
+        results = _child(run_together, job)
+        for kind in ("flat", "ivf"):
+            _print_build(kind, results[kind], vector_bytes)
+        _print_search(results, vector_bytes)
+        return
     save_dir = Path(tempfile.mkdtemp(prefix="bench-vector-index-", dir=args.tmp)) if args.save else None
     results = {}
     for kind in ("flat", "ivf"):
@@ -324,7 +389,8 @@ def _print_build(kind: str, r: dict, vector_bytes: int) -> None:
     else:
         what = f"nlist {r['nlist']}, train {r['train_s']:.1f} s on {r['train_n']:,}, add {r['add_s']:.1f} s"
     print(f"{kind:>4} build {r['build_s']:.1f} s incl. data generation ({what})", flush=True)
-    print(f"   peak RSS {_ratio(r, vector_bytes)}; after build {r['rss'] / 1e9:.2f} GB", flush=True)
+    both = " (both indexes in one process)" if r.get("together") else ""
+    print(f"   peak RSS{both} {_ratio(r, vector_bytes)}; after build {r['rss'] / 1e9:.2f} GB", flush=True)
 
 
 def _print_search(results: dict, vector_bytes: int) -> None:
@@ -428,6 +494,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=50, help="single queries timed (median)")
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--save", action="store_true", help="also time save, and load in a fresh process")
+    parser.add_argument(
+        "--interleave", action="store_true", help="both indexes in one process, timed query by query (no --save)"
+    )
     parser.add_argument("--tmp", default=None, help="folder for --save files")
     parser.add_argument("--quick", action="store_true", help="n = 100,000")
     parser.add_argument("--real", "--vectors", type=Path, help="an (n, dim) .npy of real-photo embeddings")
@@ -436,8 +505,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--embed-imagenette", nargs=2, metavar=("MODEL_DIR", "OUT_NPY"))
     parser.add_argument("--limit", type=int, default=0, help="with --embed-imagenette: at most this many photos")
     parser.add_argument("--cache-dir", type=Path, default=None, help="with --embed-imagenette: embedding cache")
-    parser.add_argument("--threads", type=int, default=0, help="search threads (0: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="search threads (default: index.search_threads; 0: all cores)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is None:
+        from clip_search.config import load_config
+
+        args.threads = load_config(env={}).index.search_threads
     if args.quick:
         args.n = 100_000
     return args

@@ -3,6 +3,7 @@
 ``python -m clip_search.testing fill DATA_DIR --n N (--model MODEL | --dim D) [--clusters C]``. With ``--model``
 the vectors take that model's width and the collection is recorded as made by it, so an engine configured with
 that model and ``CLIP_SEARCH_DATA_DIR=DATA_DIR`` opens it. Rows carry placeholder keys (no image bytes exist).
+The lookup columns are indexed at the end, as an ingest's housekeeping leaves a collection.
 Re-running is safe: row i always gets the same key and id, and rows already there are not written again.
 """
 
@@ -101,6 +102,7 @@ def fill(
         table.append_vectors(rows, vectors, model=signature, model_id=model_id)
         bar.update(count)
     bar.close()
+    table.index_lookup_columns()  # as ingest's housekeeping leaves a collection
     written = max(0, n - have)
     log.info("wrote %d synthetic rows in %.1f s", written, time.perf_counter() - started)
     return written

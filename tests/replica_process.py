@@ -15,6 +15,44 @@ from pathlib import Path
 
 from clip_search.config import load_config
 from clip_search.engine import SearchEngine
+from tests.conftest import ROOT
+
+
+class Replica:
+    """The driving side: an engine process started with subprocess, answering JSON commands (see :func:`main`)."""
+
+    def __init__(self, env: dict[str, str], refresh_s: float = 1.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.replica_process", str(refresh_s)],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.read() == {"ready": True}
+
+    def send(self, **command: object) -> None:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        assert line, "the replica process died"
+        return json.loads(line)
+
+    def ask(self, **command: object) -> dict:
+        self.send(**command)
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def main() -> None:
@@ -45,47 +83,6 @@ def main() -> None:
             break
         print(json.dumps(answer), flush=True)
     engine.close()
-
-
-class Replica:
-    """An engine process answering JSON commands (this module run as a script), for tests."""
-
-    REFRESH_S = 1.0
-
-    def __init__(self, env: dict[str, str]) -> None:
-        from tests.conftest import ROOT
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.replica_process", str(self.REFRESH_S)],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.read() == {"ready": True}
-
-    def send(self, **command: object) -> None:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        assert line, "the replica process died"
-        return json.loads(line)
-
-    def ask(self, **command: object) -> dict:
-        self.send(**command)
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 if __name__ == "__main__":

@@ -142,6 +142,10 @@ def test_killed_driver_then_rerun_gives_exactly_the_full_set(ray_address, cli_en
     assert set(rows) == _stored(data_dir)  # every row has its image, and no image is left without a row
     for key, vector in partial.items():
         np.testing.assert_array_equal(rows[key], vector)  # nothing committed before the kill was rewritten
+    table = lance.dataset(str(data_dir / "collection.lance"))  # the job's many commits compacted, lookups indexed
+    assert len(table.get_fragments()) == 1
+    indexed = {name for index in table.describe_indices() for name in index.field_names}
+    assert {"id", "sha256", "source_sha256", "key"} <= indexed
 
 
 @pytest.mark.s3

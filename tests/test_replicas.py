@@ -17,6 +17,8 @@ from tests.conftest import ROOT, make_settings, shared_data
 from tests.replica_process import Replica
 from tests.s3server import s3_environment
 
+REFRESH_S = 1.0
+
 
 def _photos(start: int, n: int) -> list[Path]:
     return sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[start : start + n]
@@ -24,7 +26,7 @@ def _photos(start: int, n: int) -> list[Path]:
 
 def _two_replicas_upload_at_once(env_a: dict[str, str], env_b: dict[str, str]) -> None:
     photos = {"a": _photos(0, 20), "b": _photos(20, 20)}
-    replicas = {"a": Replica(env_a), "b": Replica(env_b)}
+    replicas = {"a": Replica(env_a, REFRESH_S), "b": Replica(env_b, REFRESH_S)}
     try:
         for name, replica in replicas.items():  # both upload at the same time
             replica.send(upload=[str(p) for p in photos[name]])
@@ -34,13 +36,13 @@ def _two_replicas_upload_at_once(env_a: dict[str, str], env_b: dict[str, str]) -
             assert answer["status"] == ["added"] * 20, answer
             ids.update(zip(photos[name], answer["ids"], strict=True))
         for replica in replicas.values():  # each sees all 40 without a restart, within refresh_s + 1 s
-            assert replica.ask(wait_count=40, timeout=Replica.REFRESH_S + 1) == {"count": 40, "stats": 40}
+            assert replica.ask(wait_count=40, timeout=REFRESH_S + 1) == {"count": 40, "stats": 40}
             for path, image_id in ids.items():
                 hit = replica.ask(find=str(path))
                 assert hit["id"] == image_id and hit["score"] == pytest.approx(1.0, abs=1e-4)
         victim = photos["a"][3]
         assert replicas["b"].ask(delete=ids[victim]) == {"deleted": ids[victim]}  # a photo uploaded through A
-        assert replicas["a"].ask(wait_count=39, timeout=Replica.REFRESH_S + 1)["count"] == 39
+        assert replicas["a"].ask(wait_count=39, timeout=REFRESH_S + 1)["count"] == 39
         assert replicas["a"].ask(find=str(victim))["id"] != ids[victim]
     finally:
         for replica in replicas.values():

