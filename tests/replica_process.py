@@ -21,7 +21,9 @@ from tests.conftest import ROOT
 class Replica:
     """The driving side: an engine process started with subprocess, answering JSON commands (see :func:`main`)."""
 
-    def __init__(self, env: dict[str, str], refresh_s: float = 1.0) -> None:
+    REFRESH_S = 1.0  # the collection's refresh_s unless one is given
+
+    def __init__(self, env: dict[str, str], refresh_s: float = REFRESH_S) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.replica_process", str(refresh_s)],
             env=env,
