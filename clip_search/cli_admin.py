@@ -81,7 +81,7 @@ def cmd_delete(args: argparse.Namespace, engine: EngineFactory) -> int:
 
 
 def _print(records: list[ImageRecord], *, as_json: bool, empty: str) -> None:
-    rows = [_row(r) for r in records]
+    rows = [{**r.upload_facts(), "key": r.key} for r in records]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -94,16 +94,3 @@ def _print(records: list[ImageRecord], *, as_json: bool, empty: str) -> None:
             f"{row['id']:>17d}  {row['added_at'][:19]}  {row['visibility']:<8s} score={score}  "
             f"client={row['client_id'] or '-'}  {row['filename'] or ''}"
         )
-
-
-def _row(record: ImageRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "added_at": record.added_at,
-        "visibility": record.visibility,
-        "moderation_score": record.moderation_score,
-        "client_id": record.client_id,
-        "filename": record.metadata.get("filename"),
-        "caption": record.caption,
-        "key": record.key,
-    }

@@ -62,11 +62,12 @@ class Moderator:
     def score(self, vector: np.ndarray) -> float:
         """The photo's score: the closest prompt's match probability, or its cosine margin (no probability)."""
         prompts, neutral = self.prompt_vectors()
-        cosines = prompts @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        cosines = prompts @ vector
         probabilities = self.encoder.probability(cosines)
         if probabilities is not None:
             return float(np.max(probabilities))
-        return float(cosines.max() - (neutral @ np.asarray(vector, dtype=np.float32).reshape(-1)).max())
+        return float(cosines.max() - (neutral @ vector).max())
 
     def check(self, vector: np.ndarray, data: bytes, content_type: str) -> Verdict:
         """Score the photo and say whether it is flagged (by the prompts, or by the hook). Without prompts the

@@ -87,3 +87,13 @@ def cli_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
     )
     return env
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    """A gradio_client of the test module's own ``app`` fixture (a running app, tests/app_process.py)."""
+    from gradio_client import Client
+
+    client = Client(app.url, verbose=False, download_files=False)
+    yield client
+    client.close()

@@ -29,13 +29,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, photos: 
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(app: RunningApp) -> Iterator[Client]:
-    client = Client(app.url, verbose=False, download_files=False)
-    yield client
-    client.close()
-
-
 def test_endpoints_are_named(client: Client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/search", "/search_image", "/more_like_this", "/query", "/upload", "/stats"} <= names

@@ -51,13 +51,6 @@ def app(tmp_path_factory, tiny_model_dir: Path, photos: list[Path], flagged: Pat
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(app: RunningApp) -> Iterator[Client]:
-    client = Client(app.url, verbose=False, download_files=False)
-    yield client
-    client.close()
-
-
 def _images(client: Client) -> int:
     return client.predict(api_name="/stats")["images"]
 

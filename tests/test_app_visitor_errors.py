@@ -27,13 +27,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Itera
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(app: RunningApp) -> Iterator[Client]:
-    client = Client(app.url, verbose=False, download_files=False)
-    yield client
-    client.close()
-
-
 def _error(client: Client, *args: object, api_name: str) -> str:
     with pytest.raises(Exception) as info:  # gradio_client raises its own AppError
         client.predict(*args, api_name=api_name)

@@ -54,18 +54,7 @@ def reject_images(engine: SearchEngine, ids: str | float | None) -> str:
 
 def upload_rows(records: list[ImageRecord]) -> list[dict[str, Any]]:
     """What the admin endpoints answer per upload (the operator's view: visibility, score, client id)."""
-    return [
-        {
-            "id": r.id,
-            "added_at": r.added_at,
-            "visibility": r.visibility,
-            "moderation_score": r.moderation_score,
-            "client_id": r.client_id,
-            "filename": r.metadata.get("filename"),
-            "caption": r.caption,
-        }
-        for r in records
-    ]
+    return [r.upload_facts() for r in records]
 
 
 def uploads_table(records: list[ImageRecord], empty: str) -> str:

@@ -54,6 +54,18 @@ class ImageRecord:
     client_id: str | None = None  # the uploader's pseudonymous client id (visitors' uploads only)
     moderation_score: float | None = None  # the upload check's score (None: not checked, e.g. ingested)
 
+    def upload_facts(self) -> dict[str, Any]:
+        """What an admin listing shows of an upload (the CLI's and the app's): visibility, score, client id."""
+        return {
+            "id": self.id,
+            "added_at": self.added_at,
+            "visibility": self.visibility,
+            "moderation_score": self.moderation_score,
+            "client_id": self.client_id,
+            "filename": self.metadata.get("filename"),
+            "caption": self.caption,
+        }
+
 
 @dataclass
 class NewImage:
