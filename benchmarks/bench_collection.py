@@ -119,6 +119,7 @@ def upload_child(path: Path, model: str, kind: str, uploads: int) -> dict:
     times: dict[str, list[float]] = {"forward": [], "upload": [], "near_search": [], "sha_lookup": []}
     with SearchEngine(settings) as engine:
         engine.encoder.warm_up()
+        engine.collection.wait_for_cells(timeout=600)  # built in the background after the open
         limits = settings.upload
         for turn, photo in enumerate(_new_photos(engine, uploads, sha256_hex)):
             data = photo.read_bytes()
@@ -131,7 +132,7 @@ def upload_child(path: Path, model: str, kind: str, uploads: int) -> dict:
                 vector = _timed(times["forward"], engine.embed, [prepared])
             assert result.status == "added", result.message
             assert engine.search_vectors(vector, 1)[0][0][0] == result.id, "not searchable when upload returned"
-            _timed(times["near_search"], engine.collection.search, vector, 1)
+            _timed(times["near_search"], engine.collection.nearest, vector)
             _timed(times["sha_lookup"], engine.collection.find_by_sha256, prepared.sha256, prepared.source_sha256)
         n = engine.count()
     ratios = [u / f for u, f in zip(times["upload"], times["forward"], strict=True)]

@@ -19,6 +19,7 @@ crash between storing it and committing its row never lets ``storage sync`` inde
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from clip_search.engine import SearchEngine
 
 log = logging.getLogger(__name__)
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload-lookup")
 
 
 def upload_photo(
@@ -68,10 +70,13 @@ def upload_photo(
         )
     except InvalidImageError as exc:
         return AddResult("rejected", f"{name}: {exc}", source=name)
-    existing = _exact_copy(engine, prepared, name, owner)
+    # The exact-copy lookup (a table read, ~15-20 ms at 100k rows) runs beside the forward (~230 ms), not before
+    # it: a copy then costs a wasted forward, every new photo 15-20 ms less.
+    lookup = _LOOKUPS.submit(_exact_copy, engine, prepared, name, owner)
+    vector = engine.embed([prepared])
+    existing = lookup.result()
     if existing is not None:
         return existing
-    vector = engine.embed([prepared])
     verdict = (
         engine.moderator.check(vector[0], prepared.data, prepared.content_type) if engine.moderator.enabled else None
     )
@@ -116,8 +121,8 @@ def _add(
     limits = engine.settings.upload
     owner = fields.owner_hash
     viewer = owned_by(owner) if owner else PUBLIC_VIEWER
-    nearest = engine.collection.search(vector, 1, viewer=viewer)[0]
-    near = nearest[0] if nearest and nearest[0][1] >= limits.near_duplicate_threshold else None
+    nearest = engine.collection.nearest(vector, viewer=viewer)
+    near = nearest if nearest is not None and nearest[1] >= limits.near_duplicate_threshold else None
     if near is not None:
         existing = _exact_copy(engine, prepared, name, owner)  # the same photo may have landed meanwhile
         if existing is not None:

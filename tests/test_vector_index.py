@@ -140,6 +140,25 @@ def test_flat_grows_by_an_eighth_not_double():
     assert len(index) == 40_001 and index.search(unit(rng, 1, 8), 3)[1].shape == (1, 3)
 
 
+def test_faiss_itself_searches_the_flat_index_through_growth_and_removal(flat_data):
+    """FAISS's IndexFlatIP views the index's own array: its search, count and serialisation see exactly the rows
+    held, after the array grew (a new allocation) and after removals moved rows."""
+    ids, vectors = flat_data
+    index = FlatIndex(48)
+    for start in range(0, len(ids), 50):  # several growths from an empty index
+        index.add(ids[start : start + 50], vectors[start : start + 50])
+    index.remove(ids[::4])
+    keep = np.setdiff1d(np.arange(len(ids)), np.arange(0, len(ids), 4))
+    held = dict(zip(index.ids().tolist(), range(len(index)), strict=True))
+    queries = unit(np.random.default_rng(11), 8, 48)
+    faiss_scores, faiss_rows = index._index.search(queries, 10)
+    assert index._index.ntotal == len(keep)
+    np.testing.assert_array_equal(index.ids()[faiss_rows], brute_force(ids[keep], vectors[keep], queries, 10)[1])
+    np.testing.assert_allclose(faiss_scores, index.search(queries, 10)[0], atol=1e-5)
+    copy = faiss.deserialize_index(faiss.serialize_index(index._index))
+    assert copy.ntotal == len(keep) and np.allclose(copy.reconstruct(held[int(ids[1])]), vectors[1])
+
+
 def test_flat_save_load_round_trip(tmp_path, flat_data):
     ids, vectors = flat_data
     index = FlatIndex(48)

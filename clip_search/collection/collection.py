@@ -27,11 +27,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from clip_search.collection.cells import MIN_ROWS as CELLS_MIN_ROWS
+from clip_search.collection.cells import Cells
 from clip_search.collection.filtered import FilteredIds
 from clip_search.collection.records import ImageRecord, NewImage
 from clip_search.collection.sync import Changes, FragmentTracker, iter_vectors
 from clip_search.collection.table import CollectionTable
-from clip_search.collection.vector_index import IVFIndex, VectorIndex, default_nlist, make_index, member
+from clip_search.collection.vector_index import (
+    FlatIndex,
+    IVFIndex,
+    VectorIndex,
+    default_nlist,
+    make_index,
+    member,
+)
 from clip_search.collection.visibility import (
     HELD,
     OPERATOR,
@@ -94,7 +103,10 @@ class RWLock:
 
 
 def _in(ids: np.ndarray, known: set[int]) -> np.ndarray:
-    return np.fromiter((int(i) in known for i in ids), dtype=bool, count=len(ids))
+    listed = ids.tolist()
+    if known.isdisjoint(listed):  # the usual batch (a first load, new rows): one C-level pass, no mask to build
+        return np.zeros(len(ids), dtype=bool)
+    return np.fromiter(map(known.__contains__, listed), dtype=bool, count=len(ids))
 
 
 def _unseen(ids: np.ndarray, known: set[int]) -> np.ndarray:
@@ -141,6 +153,8 @@ class Collection:
         self.keep_versions_s = keep_versions_s
         self._commits = 0
         self._housekeeping: threading.Thread | None = None
+        self._cells_thread: threading.Thread | None = None
+        self._background = background
         table.check_model(model, model_id)
         if cache_dir is not None:
             remove_stale_temp_files(cache_dir)
@@ -153,7 +167,7 @@ class Collection:
         self._pending_hidden: dict[int, Hidden] = {}  # the hidden ones among them
         self._hidden = HiddenRows()
         self._pending_lock = threading.Lock()
-        self._commit_lock = threading.Lock()  # check-then-commit of this process's adds
+        self._commit_lock = threading.RLock()  # check-then-commit of this process's adds; a first load
         self._ds = None
         self._checked = 0.0
         self._row_cache: OrderedDict[int, ImageRecord] = OrderedDict()
@@ -184,6 +198,7 @@ class Collection:
         else:
             self._index, self._tracker, self._known, self._hidden = self._build(ds, n)
             self._save_ivf()
+        self._maybe_build_cells()
         log.info(
             "opened collection %s: %d images (%s index) in %.2f s",
             self.table.uri,
@@ -201,8 +216,10 @@ class Collection:
 
         def take(ids: np.ndarray, vectors: np.ndarray) -> None:
             new = _unseen(ids, known)
-            index.add(ids[new], vectors[new])
-            known.update(ids[new].tolist())
+            if not new.all():  # a boolean index copies the batch: only when some rows are repeats
+                ids, vectors = ids[new], vectors[new]
+            index.add(ids, vectors)
+            known.update(ids.tolist())
             bar.update(len(ids))
             if len(known) // TRIM_EVERY != (len(known) - int(new.sum())) // TRIM_EVERY:
                 release_free_memory()  # the read buffers of the batches already copied into the index
@@ -271,7 +288,11 @@ class Collection:
             if ds is None or ds.version == self._tracker.version:
                 return None
             if self._index is None:
-                self._load()
+                # A first load must not interleave with a commit of ours: that commit's row would be tracked as
+                # seen but stay "pending", and the next refresh would take it for deleted elsewhere.
+                with self._commit_lock:
+                    if self._index is None:
+                        self._load()
                 return None
             with self._pending_lock:
                 ready = np.array([i for i, v in self._pending.items() if v <= ds.version], dtype=np.int64)
@@ -314,6 +335,7 @@ class Collection:
                 self._pending_hidden = {i: h for i, h in self._pending_hidden.items() if i in self._pending}
                 still = dict(self._pending_hidden)
             self._set_hidden(changes.hidden.with_rows(still))
+        self._maybe_build_cells()
 
     def _set_hidden(self, hidden: HiddenRows) -> None:
         """Swap in a new hidden set (under the write lock); rows whose visibility changed leave the row cache."""
@@ -382,6 +404,17 @@ class Collection:
             ]
             results.append(hits[:k])
         return results
+
+    def nearest(self, vector: np.ndarray, viewer: Viewer = PUBLIC_VIEWER) -> tuple[int, float] | None:
+        """(id, cosine) of the image closest to ``vector`` among those ``viewer`` may see, or None: an upload's
+        near-duplicate check. Large flat collections answer it from a few cells of rows, IVF ones from their
+        index (see :mod:`clip_search.collection.cells`): it may miss, but a score is always the exact cosine."""
+        self.maybe_refresh()
+        blocked = self._hidden.blocked(viewer)
+        with self._lock.read():
+            if self._index is None or len(self._index) == 0:
+                return None
+            return self._index.nearest(np.asarray(vector, dtype=np.float32).reshape(1, -1), blocked=blocked)
 
     def matching(self, where: str | None = None, *, viewer: Viewer = PUBLIC_VIEWER) -> tuple[np.ndarray, np.ndarray]:
         """(ids, added_at in µs) of the images ``viewer`` may see passing ``where`` (all without one), oldest
@@ -540,6 +573,7 @@ class Collection:
                 self._pending.update((int(i), version) for i in ids[fresh])
                 self._pending_hidden.update((int(i), hidden[int(i)]) for i in ids[fresh] if int(i) in hidden)
         self._count_commit()
+        self._maybe_build_cells()
 
     def remove(self, image_id: int) -> ImageRecord | None:
         """Delete an image's row (the commit point), then drop it from the index."""
@@ -584,6 +618,47 @@ class Collection:
             return None
         return self.table.delete_hash(self._current(), int(image_id))
 
+    def build_cells(self) -> bool:
+        """Build the flat index's near-duplicate cells now (without blocking searches or writers for long: the
+        rows are read without a lock, the cells installed under it); False if rows were removed meanwhile."""
+        with self._lock.read():
+            index = self._index
+            if not isinstance(index, FlatIndex) or len(index) == 0:
+                return False
+            rows, removals = index.cells_snapshot()
+        cells = Cells.build(rows)
+        with self._lock.write():
+            installed = self._index is index and index.install_cells(cells, removals)
+        if not installed:
+            log.info("near-duplicate cells dropped: rows were removed while they were built; built again later")
+        return installed
+
+    def wait_for_cells(self, timeout: float | None = None) -> bool:
+        """Wait for a background build of the near-duplicate cells (benchmarks, tests); True when the index has
+        cells now."""
+        thread = self._cells_thread
+        if thread is not None:
+            thread.join(timeout)
+        return isinstance(self._index, FlatIndex) and self._index.cells_trained_on > 0
+
+    def _maybe_build_cells(self) -> None:
+        """In the background: cells once a flat collection has CELLS_MIN_ROWS rows, again when it grew 4x."""
+        index = self._index
+        if not self._background or not isinstance(index, FlatIndex) or len(index) < CELLS_MIN_ROWS:
+            return
+        if index.cells_trained_on and len(index) < 4 * index.cells_trained_on:
+            return
+        if self._cells_thread is not None and self._cells_thread.is_alive():
+            return
+        self._cells_thread = threading.Thread(target=self._build_cells_logged, name="collection-cells", daemon=True)
+        self._cells_thread.start()
+
+    def _build_cells_logged(self) -> None:
+        try:
+            self.build_cells()
+        except Exception:  # near-duplicate checks fall back to an exact scan meanwhile
+            log.exception("building the near-duplicate cells failed; checks scan every vector until the next try")
+
     def _count_commit(self) -> None:
         """Every ``optimize_every`` commits of this process, compact the table in the background."""
         self._commits += 1
@@ -618,7 +693,7 @@ class Collection:
 
     def close(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._housekeeping):
+        for thread in (self._thread, self._housekeeping, self._cells_thread):
             if thread is not None:
                 thread.join(timeout=60)
         try:

@@ -98,7 +98,7 @@ class FragmentTracker:
         changes.hidden = HiddenRows({i: h for _, _, rows in changes.fragments.values() for i, h in rows.items()})
         was = np.concatenate(gone) if gone else np.zeros(0, dtype=np.int64)
         now = np.concatenate(arrived) if arrived else np.zeros(0, dtype=np.int64)
-        removed = np.setdiff1d(was, now)
+        removed = np.setdiff1d(was, now) if len(was) else was  # a first load has nothing to lose (1M ids: 0.9 s)
         changes.removed_ids = removed[known(removed)] if len(removed) else removed
         changes.seen_ids = now
         return changes

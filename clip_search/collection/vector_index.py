@@ -37,6 +37,8 @@ from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
+from clip_search.collection.cells import MIN_ROWS as CELLS_MIN_ROWS
+from clip_search.collection.cells import Cells
 from clip_search.collection.scan import scan_topk
 from clip_search.faisslib import faiss
 from clip_search.fileio import atomic_write_with
@@ -104,6 +106,14 @@ class VectorIndex(ABC):
     def ids(self) -> np.ndarray:
         """Every id held (int64), in no particular order."""
 
+    def nearest(self, query: np.ndarray, *, blocked: np.ndarray | None = None) -> tuple[int, float] | None:
+        """(id, cosine) of the vector closest to one query, leaving ``blocked`` out, or None: the near-duplicate
+        check of an upload. May be approximate (IVF; the flat index's cells), never a wrong score."""
+        scores, found = self.search(query, 1, blocked=blocked)
+        if not found.shape[1] or found[0, 0] < 0:
+            return None
+        return int(found[0, 0]), float(scores[0, 0])
+
     @abstractmethod
     def reserve(self, n: int) -> None:
         """Make room for ``n`` more vectors, so adding them reallocates nothing (a no-op where meaningless)."""
@@ -159,14 +169,15 @@ class VectorIndex(ABC):
 class FlatIndex(VectorIndex):
     """Exact search: ``IndexFlatIP`` holding the vectors plus a numpy array of their ids (row i -> id).
 
-    FAISS's codes are a ``std::vector``, which doubles when it outgrows its capacity (a transient 2x copy). We
-    reserve capacity through its SWIG ``resize``: growing to the wanted size and shrinking back leaves the
-    capacity allocated (``std::vector`` never gives capacity back on shrink), so the following ``add`` calls copy
-    each batch once into place. Queries, one or many, are scanned by :func:`~clip_search.collection.scan.scan_topk`
-    over a zero-copy view of those codes (``faiss.rev_swig_ptr``): one pass over the vectors per batch, through
-    numpy's BLAS. FAISS's own scan was ~2x slower for one query and 2-5x (1 thread) to 10x (2 threads) for a
-    batch of 32 on the development machine, whose CPU the OpenBLAS 0.3.15 inside the faiss-cpu 1.15.1 wheel
-    does not know: it runs its generic "Prescott" kernels (benchmarks/bench_search.py).
+    The vectors live in one numpy array with room to grow (``capacity`` rows), and FAISS's codes are pointed at
+    its first ``len`` rows (a view, not a copy), so FAISS's own search and every other FAISS call see them. Why not
+    FAISS's own ``std::vector``: reserving room in it zero-fills every byte first (2.9 s for 1M x 768 here, on top
+    of the copy), where numpy's untouched allocation (with transparent huge pages) costs only the first write.
+    Rows are written by numpy, never by FAISS's ``add``, which cannot grow a view. Queries, one or many, are
+    scanned by :func:`~clip_search.collection.scan.scan_topk` over the same array: one pass over the vectors per
+    batch, through numpy's BLAS. FAISS's own scan was ~2x slower for one query and 2-5x (1 thread) to 10x (2
+    threads) for a batch of 32 on the development machine, whose CPU the OpenBLAS 0.3.15 inside the faiss-cpu
+    1.15.1 wheel does not know: it runs its generic "Prescott" kernels (benchmarks/bench_search.py).
     """
 
     kind = "flat"
@@ -176,8 +187,10 @@ class FlatIndex(VectorIndex):
             raise ValueError(f"dimension must be positive, got {dim}")
         self.dim = dim
         self._index = faiss.IndexFlatIP(dim)
+        self._rows = np.empty((0, dim), dtype=np.float32)  # capacity rows; the first len(self) hold vectors
         self._ids = np.empty(0, dtype=np.int64)
-        self._capacity = 0  # rows that fit without a reallocation
+        self._cells: Cells | None = None  # for the near-duplicate check (see clip_search.collection.cells)
+        self._removals = 0  # bumped by every removal: a cells build over the rows before it is stale
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -185,7 +198,7 @@ class FlatIndex(VectorIndex):
     @property
     def capacity(self) -> int:
         """Rows held or reserved: adding up to ``capacity - len(self)`` rows reallocates nothing."""
-        return self._capacity
+        return len(self._rows)
 
     def reserve(self, n: int) -> None:
         self._allocate(len(self) + max(int(n), 0), len(self))
@@ -197,10 +210,13 @@ class FlatIndex(VectorIndex):
             return
         size = len(self)
         need = size + len(ids)
-        if need > self._capacity:  # grow by 1/8 (not 2x): one-at-a-time uploads reallocate rarely, and modestly
-            self._allocate(max(need, self._capacity + max(self._capacity // 8, _MIN_GROWTH)), size)
-        self._index.add(vectors)  # one memcpy into the reserved capacity
+        if need > self.capacity:  # grow by 1/8 (not 2x): one-at-a-time uploads reallocate rarely, and modestly
+            self._allocate(max(need, self.capacity + max(self.capacity // 8, _MIN_GROWTH)), size)
+        self._rows[size:need] = vectors  # one copy into the reserved room
         self._ids[size:need] = ids
+        self._show(need)
+        if self._cells is not None:
+            self._cells.extend(self._cells.assign(vectors))
 
     def remove(self, ids: np.ndarray) -> int:
         """Fill the holes with the last rows (a few rows move, not the whole array): row order is not kept."""
@@ -218,8 +234,10 @@ class FlatIndex(VectorIndex):
             vectors = self._vectors()
             vectors[holes] = vectors[movers]
             self._ids[holes] = self._ids[movers]
-        self._index.codes.resize(keep * self._row_bytes)  # shrinking keeps the capacity
-        self._index.ntotal = keep
+        self._removals += 1
+        if self._cells is not None:
+            self._cells.move(holes, movers, keep)
+        self._show(keep)
         return len(gone)
 
     def search(
@@ -271,6 +289,42 @@ class FlatIndex(VectorIndex):
     def ids(self) -> np.ndarray:
         return self._ids[: len(self)].copy()
 
+    # -- near duplicates ------------------------------------------------------------------------------------------
+
+    def nearest(self, query: np.ndarray, *, blocked: np.ndarray | None = None) -> tuple[int, float] | None:
+        """Through the cells once they are built (the rows of a few cells, scored exactly), else one exact scan."""
+        cells = self._cells
+        if cells is None or len(self) < CELLS_MIN_ROWS:
+            return super().nearest(query, blocked=blocked)
+        vector = _as_vectors(query, self.dim)[0]
+        rows = cells.candidates(vector)
+        if blocked is not None and len(blocked):
+            rows = rows[~member(self._ids[rows], blocked)]
+        if not len(rows):
+            return None
+        scores = self._rows[rows] @ vector
+        best = int(np.argmax(scores))
+        return int(self._ids[rows[best]]), float(scores[best])
+
+    @property
+    def cells_trained_on(self) -> int:
+        """Rows the near-duplicate cells were built over (0: none yet)."""
+        return self._cells.trained_on if self._cells is not None else 0
+
+    def cells_snapshot(self) -> tuple[np.ndarray, int]:
+        """(the rows now held, the removal count) for :meth:`install_cells`: build the cells from the rows
+        without holding any lock, then install them under the writers' lock."""
+        return self._vectors(), self._removals
+
+    def install_cells(self, cells: Cells, removals: int) -> bool:
+        """Adopt ``cells`` built from :meth:`cells_snapshot` and label the rows added since; False (nothing changes)
+        when a removal has moved rows in the meantime."""
+        if removals != self._removals or cells.size > len(self):
+            return False
+        cells.extend(cells.assign(self._rows[cells.size : len(self)]))
+        self._cells = cells
+        return True
+
     def _id_of(self, rows: np.ndarray) -> np.ndarray:
         """Ids of scan rows; -1 stays -1 (a query with no finite value finds nothing)."""
         return np.where(rows >= 0, self._ids[rows], -1)
@@ -282,28 +336,34 @@ class FlatIndex(VectorIndex):
         return self.dim * 4
 
     def _allocate(self, capacity: int, live: int) -> None:
-        """Make FAISS's codes hold ``capacity`` rows, of which the first ``live`` count (ids likewise)."""
-        if capacity > self._capacity:
-            codes = self._index.codes
-            # libstdc++ allocates exactly this much when growing by more than the vector holds (else it doubles
-            # the capacity, but only the pages written become resident); the new rows are zero-filled once.
-            codes.resize(capacity * self._row_bytes)
-            codes.resize(live * self._row_bytes)  # shrinking never frees capacity
-            ids = np.empty(capacity, dtype=np.int64)
+        """Room for ``capacity`` rows, of which the first ``live`` count (ids likewise). A new array is only
+        allocated here: its pages cost nothing until a row is written to them."""
+        if capacity > self.capacity:
             held = min(live, len(self))
+            rows = np.empty((capacity, self.dim), dtype=np.float32)
+            rows[:held] = self._rows[:held]
+            ids = np.empty(capacity, dtype=np.int64)
             ids[:held] = self._ids[:held]
-            self._ids = ids
-            self._capacity = capacity
-        else:
-            self._index.codes.resize(live * self._row_bytes)
-        self._index.ntotal = live
+            self._rows, self._ids = rows, ids
+        self._show(live)
+
+    def _show(self, size: int) -> None:
+        """Point FAISS's codes at the first ``size`` rows (no copy): FAISS searches, counts and serialises them."""
+        codes = self._index.codes
+        if self.capacity:
+            start, nbytes = faiss.swig_ptr(self._rows.reshape(-1).view(np.uint8)), size * self._row_bytes
+            codes.is_owned, codes.view_data, codes.view_size, codes.c_ptr, codes.c_size = (
+                False,
+                start,
+                nbytes,
+                start,
+                nbytes,
+            )
+        self._index.ntotal = size
 
     def _vectors(self) -> np.ndarray:
-        """A zero-copy (len, dim) view of FAISS's codes, valid until the next add/reserve."""
-        size = len(self)
-        if not size:
-            return np.empty((0, self.dim), dtype=np.float32)
-        return faiss.rev_swig_ptr(self._index.get_xb(), size * self.dim).reshape(size, self.dim)
+        """A zero-copy (len, dim) view of the vectors, valid until the next add/reserve."""
+        return self._rows[: len(self)]
 
     def _header(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "count": len(self)}
