@@ -50,7 +50,7 @@ class Plan:
 
     scan_n: tuple[int, ...] = (100_000, 1_000_000)
     query_n: int = 100_000  # collection behind the text-query figure
-    upload_n: tuple[int, int] = (1_000, 100_000)
+    upload_n: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     open_n: int = 1_000_000
     ivf_n: int = 1_000_000
     photos: int = 64

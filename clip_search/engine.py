@@ -456,8 +456,12 @@ class SearchEngine:
     def embed(self, items: Sequence[PreparedImage]) -> np.ndarray:
         return self.encoder.encode_pixels(np.stack([item.pixels for item in items]))
 
-    def commit(self, items: Sequence[PreparedImage], vectors: np.ndarray | None = None) -> list[AddResult]:
-        """Embed (unless given), store, then commit to the catalog (the commit point).
+    def commit(
+        self, items: Sequence[PreparedImage], vectors: np.ndarray | None = None, *, looked_up: bool = False
+    ) -> list[AddResult]:
+        """Embed (unless given), store, then commit to the catalog (the commit point). ``looked_up``: the caller
+        has just looked for stored copies (an upload, beside its forward), so the table is not read again; a copy
+        committed by another process in between is still found by the collection (same id) or counted once.
 
         Store errors propagate untouched; nothing reaches the catalog for an image whose bytes were not stored.
         """
@@ -469,7 +473,7 @@ class SearchEngine:
         results: dict[int, AddResult] = {}
         seen: dict[str, int] = {}
         for pos, (item, vector) in enumerate(zip(items, vectors, strict=True)):
-            existing = self._find_stored(item)
+            existing = None if looked_up else self._find_stored(item)
             if existing is not None:
                 results[pos] = duplicate_result(existing, item.source)
                 continue

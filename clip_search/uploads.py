@@ -138,7 +138,7 @@ def _add(
     upload = replace(fields, delete_hash=code_hash)
     unlisted = owner is not None or upload.visibility == HELD  # never at a key its content gives away
     stored = replace(prepared, upload=upload, store_key=private_key(prepared.ext) if unlisted else None)
-    result = engine.commit([stored], vectors=vector)[0]
+    result = engine.commit([stored], vectors=vector, looked_up=True)[0]
     if result.status != "added":
         return replace(result, message=f"{name}: {result.message}", source=name)
     note = f" (near duplicate of image {near[0]}, similarity {near[1]:.3f})" if near else ""

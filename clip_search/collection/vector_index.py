@@ -563,12 +563,14 @@ def make_index(
     sample: np.ndarray | None = None,
     expected: int = 0,
 ) -> VectorIndex:
-    """A ready index: "flat" with room for ``expected`` vectors, or "ivf" trained on ``sample`` (drawn at random
+    """A ready index: "flat" with room for ``expected`` vectors and 1/8 more (untouched room costs no memory, and
+    the uploads after an open then never copy the whole array), or "ivf" trained on ``sample`` (drawn at random
     from the collection by the caller) with ``nlist`` or :func:`default_nlist` of the collection size (capped so
     that the sample has 39 vectors per list)."""
     if kind == "flat":
         flat = FlatIndex(dim)
-        flat.reserve(expected)
+        if expected > 0:
+            flat.reserve(expected + max(expected // 8, _MIN_GROWTH))
         return flat
     if kind != "ivf":
         raise ValueError(f"unknown index kind {kind!r}: use 'flat' or 'ivf'")
