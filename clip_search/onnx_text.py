@@ -1,9 +1,9 @@
 """Text queries through ONNX Runtime: the fp32 text tower exported once with ``torch.onnx``, cached on disk.
 
-Why: on CPU, ONNX Runtime runs the same fp32 text tower ~1.65x faster than torch, faster than torch's dynamic-int8
-copy, with vectors equal to torch fp32's to ~1e-7 (``benchmarks/bench_query_path.py``). The export takes seconds
-(about 6 s for siglip-base's shapes on 2 cores), so it is done once per model and kept as derived data: a lost or
-damaged file is exported again, and the encoder only uses a tower whose probe vectors agree with torch fp32.
+Why: on CPU, ONNX Runtime runs the same fp32 text tower 1.1-1.7x faster than torch, depending on the CPU, with
+vectors equal to torch fp32's to ~1e-7 (``benchmarks/bench_query_path.py``). The export takes seconds (4-6 s for
+siglip-base's shapes on 2 cores), so it is done once per model and kept as derived data: a lost or damaged file is
+exported again, and the encoder only uses a tower whose probe vectors agree with torch fp32.
 """
 
 from __future__ import annotations
