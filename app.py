@@ -72,7 +72,7 @@ def serve(settings: Settings) -> None:
     from clip_search.encoder import HFEncoder
     from clip_search.engine import SearchEngine
 
-    encoder = HFEncoder.from_settings(settings.model)
+    encoder = HFEncoder.from_settings(settings.model, cache_dir=settings.cache_dir)
     if settings.model.warm_up:
         log.info("loading the model %s", settings.model.id)
         encoder.warm_up()

@@ -4,10 +4,12 @@
 
 Candidates, on one 64-token query at a time (what a visitor's search does), medians of 15 after warm-up, per round:
 - torch fp32 (the floor every ratio is against), torch dynamic int8 of the text tower (what
-  ``model.query_quantize: auto`` uses), and, when ``onnxruntime`` is installed, ONNX Runtime fp32 and dynamic int8
-  (per-channel weights) of the same tower exported with ``torch.onnx``.
-Agreement: the lowest cosine to fp32 over 200 varied queries. Default model: the base-architecture random SigLIP
-(``python -m clip_search.testing tiny-model DIR --base-architecture``), whose speed is that of the real one.
+  ``model.query_runtime: torch`` with ``query_quantize: auto`` uses), and, when onnxruntime is installed, ONNX
+  Runtime fp32 of the tower exported as the encoder exports it (``clip_search.onnx_text``: the default on CPU) and
+  its dynamic int8 (per-channel weights). Every path runs through the encoder's own loop, tokenizer included.
+Agreement: the lowest cosine to fp32 over 200 varied queries. It also prints which path the default settings pick.
+Default model: the base-architecture random SigLIP (``python -m clip_search.testing tiny-model DIR
+--base-architecture``), whose speed is that of the real one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from clip_search.encoder import HFEncoder, quantized_text_clone
+from clip_search.onnx_text import OnnxTextTower, export_text_tower, onnx_available
 
 QUERIES = [
     f"{a} {b}{c}"
@@ -41,43 +44,20 @@ def _median_ms(fn, reps: int = 15) -> float:
     return statistics.median(times) * 1000
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _onnx_paths(encoder: HFEncoder, folder: Path) -> dict[str, Path]:
-    """The text tower exported once to ONNX (fp32) and dynamically quantised (int8, per channel)."""
+def _onnx_towers(encoder: HFEncoder, folder: Path) -> dict[str, OnnxTextTower]:
+    """The text tower exported as the encoder does (fp32, ``clip_search.onnx_text``) and dynamically quantised
+    (int8, per channel), each in an ONNX Runtime session of 2 threads."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    class TextTower(torch.nn.Module):
-        def __init__(self, text_model: torch.nn.Module) -> None:
-            super().__init__()
-            self.text_model = text_model
-
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            return self.text_model(input_ids=input_ids).pooler_output
-
     fp32, int8 = folder / "text.onnx", folder / "text-int8.onnx"
-    ids = _ids(encoder, ["a photo"])
-    torch.onnx.export(
-        TextTower(encoder._model.text_model).eval(),
-        (ids,),
-        str(fp32),
-        input_names=["input_ids"],
-        output_names=["vector"],
-        dynamic_axes={"input_ids": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    started = time.perf_counter()
+    fp32.write_bytes(export_text_tower(encoder._model, encoder._tokens(["a photo"])))
+    print(f"export of the text tower to ONNX: {time.perf_counter() - started:.1f} s", flush=True)
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-    return {"onnx fp32": fp32, "onnx int8": int8}
-
-
-def _ids(encoder: HFEncoder, texts: list[str]) -> torch.Tensor:
-    tokens = encoder._processor.tokenizer(
-        texts, padding="max_length", truncation=True, max_length=64, return_tensors="pt"
-    )
-    return tokens["input_ids"]
+    return {
+        name: OnnxTextTower(path, threads=2, source=str(path))
+        for name, path in (("onnx fp32", fp32), ("onnx int8", int8))
+    }
 
 
 def main() -> None:
@@ -91,24 +71,20 @@ def main() -> None:
 
         args.model = str(write_tiny_siglip(work / "base-random", base_architecture=True))
     torch.set_num_threads(2)
-    encoder = HFEncoder(args.model, device="cpu", query_quantize="none")
+    encoder = HFEncoder(args.model, device="cpu", query_runtime="torch", query_quantize="none")
     encoder.load()
     model = encoder._model
     paths: dict[str, object] = {"torch fp32": model, "torch int8": quantized_text_clone(model)}
-    try:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        for name, path in _onnx_paths(encoder, work).items():
-            paths[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except ImportError:
-        print("onnxruntime is not installed: ONNX paths skipped (pip install onnxruntime onnx)")
+    if onnx_available():
+        paths.update(_onnx_towers(encoder, work))
+    else:
+        print("onnxruntime or onnx is not installed: ONNX paths skipped (pip install -r requirements.txt)")
+    default = HFEncoder(args.model, device="cpu", query_runtime="auto", query_quantize="auto", cache_dir=work)
+    print(f"the default (model.query_runtime: auto) on this machine: {default.query_path}", flush=True)
+    del default
 
     def encode(path: object, texts: list[str]) -> np.ndarray:
-        if isinstance(path, torch.nn.Module):
-            return encoder._encode_with(path, texts)
-        return _unit(path.run(None, {"input_ids": _ids(encoder, texts).numpy()})[0])
+        return encoder._encode_with(path, texts)  # every path through the encoder's own loop: tokenizer included
 
     exact = encode(model, QUERIES)
     agreement = {name: float(np.min(np.sum(encode(p, QUERIES) * exact, axis=1))) for name, p in paths.items()}

@@ -35,7 +35,8 @@ class ModelSettings(_Section):
     max_text_tokens: int = Field(64, ge=1, le=512)
     torch_threads: int = Field(0, ge=0)
     quantize: Literal["none", "int8"] = "none"
-    query_quantize: Literal["auto", "none", "int8"] = "auto"
+    query_quantize: Literal["auto", "none", "int8"] = "auto"  # the torch query path: int8 text tower or fp32
+    query_runtime: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime fp32 on CPU where it agrees
     warm_up: bool = True
 
 
@@ -198,6 +199,11 @@ class Settings(_Section):
     def legacy_catalog_path(self) -> Path:
         """Where a collection made before the Lance table kept its SQLite catalog (migrated on open)."""
         return self.data_dir / self.collection.legacy_catalog_file
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived files that may be lost (the IVF index, the ONNX text tower): rebuilt from the model or table."""
+        return self.data_dir / "cache"
 
     @property
     def local_image_dir(self) -> Path:

@@ -7,13 +7,14 @@ probability ``sigmoid(cos * exp(scale) + bias)``, which is calibrated for image-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from clip_search.errors import ClipSearchError, EmptyQueryError
-from clip_search.model_source import load_checkpoint
+from clip_search.model_source import features_tensor, load_checkpoint
 
 if TYPE_CHECKING:
     from clip_search.config import ModelSettings
@@ -102,13 +103,6 @@ def _pick_device(requested: str) -> str:
     return "cpu"
 
 
-def _features(output: Any) -> Any:
-    """transformers 5 returns a ModelOutput from ``get_*_features``; 4.x returned the tensor itself."""
-    if hasattr(output, "pooler_output"):
-        return output.pooler_output
-    return output
-
-
 QUERY_COSINE_FLOOR = 0.999
 PROBE_QUERIES = (
     "a dog running on a beach",
@@ -124,7 +118,7 @@ PROBE_QUERIES = (
 
 def quantized_text_clone(model: Any) -> Any:
     """A shallow clone of ``model`` sharing its vision tower, with dynamic-int8 copies of its text tower (and text
-    projection, for CLIP): queries get ~2-3x faster on CPU while the collection's image vectors stay exactly fp32."""
+    projection, for CLIP): queries get 1.4-2.2x faster on CPU while the collection's image vectors stay exactly fp32."""
     import copy
 
     import torch
@@ -175,6 +169,8 @@ class HFEncoder:
         torch_threads: int = 0,
         quantize: str = "none",
         query_quantize: str = "none",
+        query_runtime: str = "torch",
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.model_id = model_id
         self.revision = revision
@@ -185,8 +181,11 @@ class HFEncoder:
         self.torch_threads = torch_threads
         self.quantize = quantize
         self.query_quantize = query_quantize
-        self._text_model: Any = None  # the model text queries go through: the model, or its int8 text clone
+        self.query_runtime = query_runtime
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._text_model: Any = None  # what text queries go through (the model, its int8 clone, an ONNX tower)
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock()
         self._model: Any = None
         self._processor: Any = None
         self._device = "cpu"
@@ -196,8 +195,9 @@ class HFEncoder:
         self._text_length = max_text_tokens
 
     @classmethod
-    def from_settings(cls, model: ModelSettings) -> HFEncoder:
-        """The encoder ``model.*`` in config.yaml describes."""
+    def from_settings(cls, model: ModelSettings, *, cache_dir: str | Path | None = None) -> HFEncoder:
+        """The encoder ``model.*`` in config.yaml describes; derived files (the ONNX text tower) go to ``cache_dir``
+        (``Settings.cache_dir``; None: the user's cache, see :func:`clip_search.onnx_text.default_cache_dir`)."""
         return cls(
             model.id,
             revision=model.revision,
@@ -207,6 +207,8 @@ class HFEncoder:
             torch_threads=model.torch_threads,
             quantize=model.quantize,
             query_quantize=model.query_quantize,
+            query_runtime=model.query_runtime,
+            cache_dir=cache_dir,
         )
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -253,7 +255,6 @@ class HFEncoder:
         self._text_length = min(self.max_text_tokens, text_positions or self.max_text_tokens)
         self._processor = processor
         self._model = model
-        self._text_model = self._query_model(model)
         log.info(
             "loaded %s on %s in %.1f s (%s)",
             self.model_id,
@@ -262,14 +263,59 @@ class HFEncoder:
             "SigLIP" if self._is_siglip else type(model).__name__,
         )
 
+    def _query_encoder(self) -> Any:
+        """What text queries go through, chosen on first need rather than at load (an ingest never encodes text)."""
+        self.load()
+        if self._text_model is None:
+            with self._query_lock:
+                if self._text_model is None:
+                    started = time.perf_counter()
+                    text_model = self._query_model(self._model)
+                    log.info(
+                        "text queries: %s (chosen in %.1f s)", self._path_of(text_model), time.perf_counter() - started
+                    )
+                    self._text_model = text_model
+        return self._text_model
+
     def _query_model(self, model: Any) -> Any:
-        """The model for text queries: ``model`` itself, or a clone whose text tower is dynamic int8 (CPU only)."""
+        """On CPU: the ONNX Runtime text tower (``query_runtime``), else the int8 text clone (``query_quantize``),
+        else ``model`` itself; each only where its probe vectors keep cosine >= the floor to fp32."""
+        if self._device != "cpu" or self.quantize == "int8":
+            if self.query_runtime == "onnx":
+                log.warning("model.query_runtime=onnx applies to an fp32 model on the CPU only; ignored")
+            return model
+        exact = functools.cache(lambda: self._encode_with(model, list(PROBE_QUERIES)))
+        if self.query_runtime != "torch":
+            tower = self._onnx_tower(model, exact)
+            if tower is not None:
+                return tower
+        return self._torch_query_model(model, exact)
+
+    def _onnx_tower(self, model: Any, exact: Callable[[], np.ndarray]) -> Any:
+        """The ONNX fp32 text tower (exported once, cached under ``cache_dir``), or None where it cannot serve."""
+        import torch
+
+        from clip_search import onnx_text
+
+        folder = (self.cache_dir or onnx_text.default_cache_dir()) / "onnx"
+        return onnx_text.onnx_text_tower(
+            model,
+            self._tokens(["a photo"]),
+            onnx_text.cache_path(folder, self.name, self._text_length),
+            threads=torch.get_num_threads(),
+            agreement=lambda fast: self._agreement(exact(), fast),
+            floor=QUERY_COSINE_FLOOR,
+            required=self.query_runtime == "onnx",
+        )
+
+    def _torch_query_model(self, model: Any, exact: Callable[[], np.ndarray]) -> Any:
+        """``model`` itself, or a clone whose text tower is dynamic int8 (``query_quantize``)."""
         wanted = self.query_quantize
-        if wanted == "none" or self.quantize == "int8" or self._device != "cpu":
+        if wanted == "none":
             return model
         clone = quantized_text_clone(model)
         if wanted == "auto":
-            cosine = self._agreement(model, clone)
+            cosine = self._agreement(exact(), clone)
             if cosine < QUERY_COSINE_FLOOR:
                 log.info(
                     "int8 text queries gave cosine %.4f to fp32 (< %.3f): fp32 queries", cosine, QUERY_COSINE_FLOOR
@@ -278,17 +324,19 @@ class HFEncoder:
             log.info("text queries run through an int8 text tower (cosine >= %.5f to fp32 on probes)", cosine)
         return clone
 
-    def _agreement(self, model: Any, clone: Any) -> float:
-        """The lowest cosine between fp32 and int8 vectors of a few varied probe queries."""
-        exact = self._encode_with(model, list(PROBE_QUERIES))
-        fast = self._encode_with(clone, list(PROBE_QUERIES))
-        return float(np.min(np.sum(exact * fast, axis=1)))
+    def _agreement(self, exact: np.ndarray, fast: Any) -> float:
+        """The lowest cosine between the fp32 vectors of the probe queries (``exact``) and those of ``fast``."""
+        return float(np.min(np.sum(exact * self._encode_with(fast, list(PROBE_QUERIES)), axis=1)))
 
     def warm_up(self) -> None:
-        """One throwaway forward of each tower: transformers 5 maps weights lazily, so the first call is slow."""
-        self.load()
+        """One throwaway forward of each tower: transformers 5 maps weights lazily, so the first call is slow; this
+        also chooses the query path (and exports the ONNX text tower on a first start) before any visitor asks."""
+        self._query_encoder()  # logs how long the choice (and an export) took
+        started = time.perf_counter()
         self.encode_text(["warm up"])
+        text = time.perf_counter()
         self.encode_pixels(self.preprocess(Image.new("RGB", (self.input_size, self.input_size)))[None])
+        log.info("warmed up: one text query %.2f s, one image %.2f s", text - started, time.perf_counter() - text)
 
     # -- facts about the model -------------------------------------------------------------------------------
 
@@ -299,9 +347,11 @@ class HFEncoder:
 
     @property
     def query_path(self) -> str:
-        """How text queries are encoded: "int8" (a quantized text tower) or "fp32"."""
-        self.load()
-        return "fp32" if self._text_model is self._model else "int8"
+        """How text queries are encoded: "onnx-fp32" (ONNX Runtime), "int8" (a torch int8 text tower) or "fp32"."""
+        return self._path_of(self._query_encoder())
+
+    def _path_of(self, text_model: Any) -> str:
+        return getattr(text_model, "query_path", None) or ("fp32" if text_model is self._model else "int8")
 
     @property
     def input_size(self) -> int:
@@ -338,31 +388,36 @@ class HFEncoder:
         texts = [t.strip() if isinstance(t, str) else "" for t in texts]
         if not texts or any(not t for t in texts):
             raise EmptyQueryError("the text query is empty: type a few words describing the picture you want")
-        self.load()
-        return self._encode_with(self._text_model, texts)
+        return self._encode_with(self._query_encoder(), texts)
 
     def encode_text_exact(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts through the fp32 text tower whatever ``query_quantize`` says (checks, evaluation)."""
+        """Embed texts through the torch fp32 text tower whatever the query path is (checks, evaluation)."""
         self.load()
         return self._encode_with(self._model, list(texts))
 
+    def _tokens(self, texts: list[str]) -> dict[str, Any]:
+        """The model's inputs for ``texts``: SigLIP's padded to max length without a mask, CLIP's padded to the
+        longest with one (as each model card does)."""
+        padding = "max_length" if self._is_siglip else True
+        inputs = self._processor.tokenizer(
+            texts, padding=padding, truncation=True, max_length=self._text_length, return_tensors="pt"
+        )
+        inputs = {k: v.to(self._device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        if self._is_siglip:
+            # SigLIP was trained with no attention mask over its padding (pad == eos, pooled from the last
+            # position); masking the pads would give vectors the image tower was never aligned with.
+            inputs.pop("attention_mask", None)
+        return inputs
+
     def _encode_with(self, model: Any, texts: list[str]) -> np.ndarray:
+        """Texts through ``model``'s ``get_text_features``: the torch model, its int8 clone or an ONNX tower."""
         import torch
 
-        padding = "max_length" if self._is_siglip else True
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), max(self.batch_size, 32)):
-                chunk = texts[start : start + max(self.batch_size, 32)]
-                inputs = self._processor.tokenizer(
-                    chunk, padding=padding, truncation=True, max_length=self._text_length, return_tensors="pt"
-                )
-                inputs = {k: v.to(self._device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
-                if self._is_siglip:
-                    # SigLIP was trained with no attention mask over its padding (pad == eos, pooled from the last
-                    # position); masking the pads would give vectors the image tower was never aligned with.
-                    inputs.pop("attention_mask", None)
-                feats = _features(model.get_text_features(**inputs))
+                inputs = self._tokens(texts[start : start + max(self.batch_size, 32)])
+                feats = features_tensor(model.get_text_features(**inputs))
                 out.append(feats.float().cpu().numpy())
         return l2_normalize(np.concatenate(out))
 
@@ -380,7 +435,7 @@ class HFEncoder:
         with torch.inference_mode():
             for start in range(0, len(pixel_values), self.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(pixel_values[start : start + self.batch_size]))
-                feats = _features(self._model.get_image_features(pixel_values=batch.to(self._device)))
+                feats = features_tensor(self._model.get_image_features(pixel_values=batch.to(self._device)))
                 out.append(feats.float().cpu().numpy())
         if not out:
             return np.zeros((0, 0), dtype=np.float32)

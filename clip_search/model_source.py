@@ -26,6 +26,13 @@ Ways out (model.id in config.yaml, CLIP_SEARCH_MODEL, or --model on the command 
   - an offline smoke run on a tiny random model: python -m clip_search.testing tiny-model DIR"""
 
 
+def features_tensor(output: Any) -> Any:
+    """transformers 5 returns a ModelOutput from ``get_*_features``; 4.x returned the tensor itself."""
+    if hasattr(output, "pooler_output"):
+        return output.pooler_output
+    return output
+
+
 class ModelUnavailableError(ClipSearchError):
     """The configured model can be found neither on disk, nor in the cache, nor on the hub."""
 

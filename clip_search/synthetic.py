@@ -70,7 +70,7 @@ def _model(model: str | None, dim: int | None) -> tuple[str, str, int]:
     from clip_search.encoder import HFEncoder
 
     encoder = HFEncoder.from_settings(ModelSettings(id=model, device="cpu"))
-    width = int(encoder.encode_text(["a photo"]).shape[1])
+    width = int(encoder.encode_text_exact(["a photo"]).shape[1])  # no query path needed for a width
     return encoder.name, model, width
 
 

@@ -46,6 +46,21 @@ def other_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip", seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clip_search.testing import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights of siglip-base-patch16-224's shapes: what quantisation or ONNX does to a real-size tower."""
+    from clip_search.testing import write_tiny_siglip
+
+    return write_tiny_siglip(tmp_path_factory.mktemp("models") / "base-random", base_architecture=True)
+
+
 def make_settings(data_dir: Path, model_dir: Path, **sections: dict) -> Settings:
     """Settings as a user's config.yaml would give them, in a private data dir, with the tiny model."""
     settings = load_config(ROOT / "config.yaml", env={})

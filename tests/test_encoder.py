@@ -94,13 +94,6 @@ def test_missing_model_is_a_clear_error(tmp_path: Path):
         HFEncoder(str(tmp_path / "no-such-model")).encode_text(["hi"])
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from clip_search.testing import write_tiny_clip
-
-    return write_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
-
-
 def test_clip_checkpoints_work_through_the_same_path(tiny_clip_dir: Path, tmp_path: Path):
     model, processor = _reference(tiny_clip_dir)
     texts = ["a cat", "the dog on the beach"]
@@ -126,45 +119,3 @@ def test_clip_checkpoints_work_through_the_same_path(tiny_clip_dir: Path, tmp_pa
         hits = engine.search_text("a red picture", k=2)
         assert len(hits) == 2 and all(h.probability is None for h in hits)
         assert engine.search_image(images[1], k=1)[0].source == "1.png"
-
-
-VARIED_QUERIES = [
-    f"{style} {subject}{where}".strip()
-    for style in ("a photo of", "a painting of", "close-up of", "a blurry picture of", "an aerial view of")
-    for subject in (
-        "a dog",
-        "two cats",
-        "a red car",
-        "a crowded beach",
-        "snowy mountains",
-        "a bowl of soup",
-        "a city street",
-        "an old man laughing",
-        "a sailboat",
-        "yellow flowers",
-    )
-    for where in ("", " at night", " in the rain", " with people around")
-]
-
-
-@pytest.fixture(scope="module")
-def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random weights of siglip-base-patch16-224's shapes: what quantisation does to a real-size tower."""
-    from clip_search.testing import write_tiny_siglip
-
-    return write_tiny_siglip(tmp_path_factory.mktemp("models") / "base-random", base_architecture=True)
-
-
-@pytest.mark.parametrize("model", ["tiny", "base"])
-def test_int8_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, tiny_model_dir, request):
-    directory = tiny_model_dir if model == "tiny" else request.getfixturevalue("base_model_dir")
-    fast = HFEncoder(str(directory), device="cpu", query_quantize="auto")
-    assert fast.query_path == "int8"  # auto chose it: the probes kept cosine >= 0.999
-    assert len(VARIED_QUERIES) == 200
-    cosine = np.sum(fast.encode_text(VARIED_QUERIES) * fast.encode_text_exact(VARIED_QUERIES), axis=1)
-    assert cosine.min() >= 0.999
-    assert cosine.max() < 1 - 1e-7  # the int8 tower really answered
-    exact = HFEncoder(str(directory), device="cpu", query_quantize="none")
-    assert exact.query_path == "fp32"
-    pixels = np.stack([exact.preprocess(Image.new("RGB", (64, 48), c)) for c in ("red", "navy")])
-    np.testing.assert_array_equal(fast.encode_pixels(pixels), exact.encode_pixels(pixels))

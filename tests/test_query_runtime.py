@@ -1,0 +1,177 @@
+"""How text queries are encoded on CPU: the fastest path that keeps cosine >= 0.999 to the fp32 vectors.
+
+By default (``model.query_runtime: auto``) that is the fp32 text tower through ONNX Runtime, exported once into
+``data_dir/cache/onnx``; else torch's dynamic-int8 text tower; else fp32. Image vectors never change.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_search.encoder import HFEncoder
+from clip_search.engine import SearchEngine
+from clip_search.errors import ClipSearchError
+from tests.conftest import make_settings
+
+VARIED_QUERIES = [
+    f"{style} {subject}{where}".strip()
+    for style in ("a photo of", "a painting of", "close-up of", "a blurry picture of", "an aerial view of")
+    for subject in (
+        "a dog",
+        "two cats",
+        "a red car",
+        "a crowded beach",
+        "snowy mountains",
+        "a bowl of soup",
+        "a city street",
+        "an old man laughing",
+        "a sailboat",
+        "yellow flowers",
+    )
+    for where in ("", " at night", " in the rain", " with people around")
+]
+TEXTS = [*VARIED_QUERIES, "x " * 200, "cat"]  # and one cut at the token limit, and a short one
+
+
+@functools.cache
+def _exact_vectors(directory: Path) -> np.ndarray:
+    """torch fp32 vectors of ``TEXTS``: the reference every query path is held to (once per model: slow at base)."""
+    return HFEncoder(str(directory), device="cpu", query_runtime="torch").encode_text_exact(TEXTS)
+
+
+@pytest.mark.parametrize("model", ["tiny", "base"])
+def test_int8_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, tiny_model_dir, request):
+    directory = tiny_model_dir if model == "tiny" else request.getfixturevalue("base_model_dir")
+    fast = HFEncoder(str(directory), device="cpu", query_runtime="torch", query_quantize="auto")
+    assert fast.query_path == "int8"  # auto chose it: the probes kept cosine >= 0.999
+    assert len(VARIED_QUERIES) == 200
+    cosine = np.sum(fast.encode_text(TEXTS) * _exact_vectors(directory), axis=1)
+    assert cosine.min() >= 0.999
+    assert cosine.max() < 1 - 1e-7  # the int8 tower really answered
+    exact = HFEncoder(str(directory), device="cpu", query_quantize="none")
+    assert exact.query_path == "fp32"
+    pixels = np.stack([exact.preprocess(Image.new("RGB", (64, 48), c)) for c in ("red", "navy")])
+    np.testing.assert_array_equal(fast.encode_pixels(pixels), exact.encode_pixels(pixels))
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    return sorted((folder / "onnx").glob("*.onnx"))
+
+
+def _min_cosine(encoder: HFEncoder, texts: list[str]) -> float:
+    return float(np.min(np.sum(encoder.encode_text(texts) * encoder.encode_text_exact(texts), axis=1)))
+
+
+@pytest.mark.parametrize("model", ["tiny", "base", "clip"])
+def test_the_default_query_path_is_onnx_and_keeps_cosine_to_fp32(model, request, tmp_path):
+    directory = request.getfixturevalue(
+        {"tiny": "tiny_model_dir", "base": "base_model_dir", "clip": "tiny_clip_dir"}[model]
+    )
+    settings = make_settings(tmp_path / "data", directory, model={"device": "cpu"})  # else config.yaml's
+    encoder = HFEncoder.from_settings(settings.model, cache_dir=settings.cache_dir)
+    encoder.warm_up()
+    assert encoder.query_path == "onnx-fp32"
+    assert len(_onnx_files(settings.cache_dir)) == 1  # in the collection's local cache: derived data
+    assert len(VARIED_QUERIES) == 200
+    fast, exact = encoder.encode_text(TEXTS), _exact_vectors(directory)
+    assert np.sum(fast * exact, axis=1).min() >= 0.999
+    assert not np.array_equal(fast, exact)  # ONNX Runtime really answered (its kernels round differently)
+    torch_only = HFEncoder(str(directory), device="cpu", query_runtime="torch", query_quantize="none")
+    pixels = np.stack([encoder.preprocess(Image.new("RGB", (64, 48), c)) for c in ("red", "navy")])
+    np.testing.assert_array_equal(encoder.encode_pixels(pixels), torch_only.encode_pixels(pixels))  # query side only
+
+
+def test_the_engine_searches_through_the_onnx_tower_in_its_data_dir(tmp_path, tiny_model_dir):
+    settings = make_settings(tmp_path / "data", tiny_model_dir)
+    with SearchEngine(settings) as engine:
+        engine.add_image(_png("red"), source="red.png")
+        assert engine.search_text("a red picture", k=1)[0].source == "red.png"
+        assert engine.encoder.query_path == "onnx-fp32"
+    assert len(_onnx_files(settings.cache_dir)) == 1
+
+
+def test_a_restart_loads_the_cached_tower_without_exporting_again(tmp_path, tiny_model_dir, caplog):
+    first = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
+    first.warm_up()
+    (cached,) = _onnx_files(tmp_path)
+    before = cached.stat()
+    caplog.set_level(logging.INFO, logger="clip_search.onnx_text")
+    again = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
+    assert again.query_path == "onnx-fp32"
+    after = cached.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not written again
+    assert not [r for r in caplog.records if "exported the text tower" in r.getMessage()]
+    np.testing.assert_array_equal(again.encode_text(VARIED_QUERIES[:8]), first.encode_text(VARIED_QUERIES[:8]))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "another model's tower"])
+def test_a_damaged_cached_tower_is_exported_again(damage, tmp_path, tiny_model_dir, other_tiny_model_dir, caplog):
+    HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path).warm_up()
+    (cached,) = _onnx_files(tmp_path)
+    good = cached.read_bytes()
+    if damage == "another model's tower":  # loads fine, gives other vectors: only the probes can tell
+        other = HFEncoder(str(other_tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path / "other")
+        other.warm_up()
+        (theirs,) = _onnx_files(tmp_path / "other")
+        cached.write_bytes(theirs.read_bytes())
+    else:
+        cached.write_bytes(
+            {"truncated": good[: len(good) // 2], "garbage": b"\x08\x07junk" * 999, "empty": b""}[damage]
+        )
+    caplog.set_level(logging.INFO, logger="clip_search.onnx_text")
+    encoder = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
+    assert encoder.query_path == "onnx-fp32"
+    assert _min_cosine(encoder, VARIED_QUERIES) >= 0.999
+    assert any("exporting it again" in r.getMessage() for r in caplog.records)
+    assert any("exported the text tower" in r.getMessage() for r in caplog.records)
+    assert _onnx_files(tmp_path) == [cached]  # replaced in place, no temporary file left
+    assert not list((tmp_path / "onnx").glob(".*.tmp"))
+    HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path).warm_up()  # now loads
+    assert cached.stat().st_size > 0
+
+
+def test_an_unwritable_cache_keeps_the_tower_in_memory(tmp_path, tiny_model_dir, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    caplog.set_level(logging.WARNING, logger="clip_search.onnx_text")
+    encoder = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=blocker)
+    assert encoder.query_path == "onnx-fp32"
+    assert _min_cosine(encoder, VARIED_QUERIES[:20]) >= 0.999
+    assert any("kept in memory only" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("quantize", "path"), [("auto", "int8"), ("none", "fp32")])
+def test_query_runtime_torch_keeps_the_torch_path(quantize, path, tmp_path, tiny_model_dir):
+    encoder = HFEncoder(
+        str(tiny_model_dir), device="cpu", query_runtime="torch", query_quantize=quantize, cache_dir=tmp_path
+    )
+    assert encoder.query_path == path
+    assert not (tmp_path / "onnx").exists()  # nothing exported
+    if path == "fp32":
+        np.testing.assert_array_equal(
+            encoder.encode_text(VARIED_QUERIES[:4]), encoder.encode_text_exact(VARIED_QUERIES[:4])
+        )
+
+
+def test_without_onnxruntime_auto_falls_back_to_torch_and_onnx_says_why(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as where it is not installed: its import fails
+    auto = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", query_quantize="auto", cache_dir=tmp_path)
+    assert auto.query_path == "int8"
+    required = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="onnx", cache_dir=tmp_path)
+    with pytest.raises(ClipSearchError, match="query_runtime is onnx but onnxruntime and onnx are not installed"):
+        required.warm_up()
+
+
+def _png(color: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), color).save(buf, format="PNG")
+    return buf.getvalue()
