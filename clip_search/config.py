@@ -35,8 +35,8 @@ class ModelSettings(_Section):
     max_text_tokens: int = Field(64, ge=1, le=512)
     torch_threads: int = Field(0, ge=0)
     quantize: Literal["none", "int8"] = "none"
-    query_quantize: Literal["auto", "none", "int8"] = "auto"  # the torch query path: int8 text tower or fp32
-    query_runtime: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime fp32 on CPU where it agrees
+    query_quantize: Literal["auto", "none", "int8"] = "auto"  # precisions a text query path may use
+    query_runtime: Literal["auto", "torch", "onnx"] = "auto"  # runtimes; the fastest agreeing path wins (CPU)
     warm_up: bool = True
 
 

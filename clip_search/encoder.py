@@ -278,51 +278,95 @@ class HFEncoder:
         return self._text_model
 
     def _query_model(self, model: Any) -> Any:
-        """On CPU: the ONNX Runtime text tower (``query_runtime``), else the int8 text clone (``query_quantize``),
-        else ``model`` itself; each only where its probe vectors keep cosine >= the floor to fp32."""
+        """On CPU, the fastest of the query paths ``query_runtime`` and ``query_quantize`` allow whose probe vectors
+        keep cosine >= the floor to fp32, timed here, on this CPU: which one wins depends on the CPU (int8 kernels
+        with VNNI/AMX, ONNX Runtime's fp32 kernels), so the choice is measured, not assumed."""
         if self._device != "cpu" or self.quantize == "int8":
             if self.query_runtime == "onnx":
                 log.warning("model.query_runtime=onnx applies to an fp32 model on the CPU only; ignored")
             return model
         exact = functools.cache(lambda: self._encode_with(model, list(PROBE_QUERIES)))
-        if self.query_runtime != "torch":
-            tower = self._onnx_tower(model, exact)
-            if tower is not None:
-                return tower
-        return self._torch_query_model(model, exact)
+        candidates = self._query_candidates(model, exact)
+        return candidates[0] if len(candidates) == 1 else self._fastest(candidates)
 
-    def _onnx_tower(self, model: Any, exact: Callable[[], np.ndarray]) -> Any:
-        """The ONNX fp32 text tower (exported once, cached under ``cache_dir``), or None where it cannot serve."""
+    def _query_candidates(self, model: Any, exact: Callable[[], np.ndarray]) -> list[Any]:
+        """The query paths allowed: torch fp32 and int8 (``query_runtime`` auto | torch), ONNX fp32 and int8 (auto |
+        onnx); ``query_quantize`` none keeps only the fp32 ones, int8 only the int8 ones. Never empty."""
+        fp32, int8 = self.query_quantize != "int8", self.query_quantize != "none"
+        found: list[Any] = []
+        if self.query_runtime != "onnx":
+            if fp32:
+                found.append(model)
+            if int8:
+                found.extend(self._torch_int8(model, exact))
+        if self.query_runtime != "torch":
+            found.extend(self._onnx_towers(model, exact, fp32=fp32, int8=int8))
+        return found or [model]
+
+    def _onnx_towers(self, model: Any, exact: Callable[[], np.ndarray], *, fp32: bool, int8: bool) -> list[Any]:
+        """The ONNX text towers (fp32 exported once, int8 quantized from it, both cached under ``cache_dir``) that
+        agree with torch fp32; ``query_runtime: onnx`` raises where there is none."""
         import torch
 
         from clip_search import onnx_text
 
         folder = (self.cache_dir or onnx_text.default_cache_dir()) / "onnx"
-        return onnx_text.onnx_text_tower(
+        agreement = functools.partial(self._agreement_with, exact)
+        tower = onnx_text.onnx_text_tower(
             model,
             self._tokens(["a photo"]),
             onnx_text.cache_path(folder, self.name, self._text_length),
             threads=torch.get_num_threads(),
-            agreement=lambda fast: self._agreement(exact(), fast),
+            agreement=agreement,
             floor=QUERY_COSINE_FLOOR,
             required=self.query_runtime == "onnx",
         )
+        if tower is None:
+            return []
+        quantized = None
+        if int8:
+            quantized = onnx_text.onnx_int8_tower(
+                tower, threads=torch.get_num_threads(), agreement=agreement, floor=QUERY_COSINE_FLOOR
+            )
+        towers = [t for t, wanted in ((tower, fp32), (quantized, int8)) if wanted and t is not None]
+        if not towers and self.query_runtime == "onnx":
+            raise ClipSearchError("model.query_runtime is onnx but no int8 ONNX text tower agrees with fp32")
+        return towers
 
-    def _torch_query_model(self, model: Any, exact: Callable[[], np.ndarray]) -> Any:
-        """``model`` itself, or a clone whose text tower is dynamic int8 (``query_quantize``)."""
-        wanted = self.query_quantize
-        if wanted == "none":
-            return model
+    def _torch_int8(self, model: Any, exact: Callable[[], np.ndarray]) -> list[Any]:
+        """A clone whose text tower is dynamic int8, where its probes agree with fp32 (or ``query_quantize: int8``
+        asks for it whatever they say)."""
         clone = quantized_text_clone(model)
-        if wanted == "auto":
-            cosine = self._agreement(exact(), clone)
+        if self.query_quantize == "auto":
+            cosine = self._agreement_with(exact, clone)
             if cosine < QUERY_COSINE_FLOOR:
-                log.info(
-                    "int8 text queries gave cosine %.4f to fp32 (< %.3f): fp32 queries", cosine, QUERY_COSINE_FLOOR
-                )
-                return model
-            log.info("text queries run through an int8 text tower (cosine >= %.5f to fp32 on probes)", cosine)
-        return clone
+                log.info("torch int8 text queries left out: cosine %.4f to fp32 (< %.3f)", cosine, QUERY_COSINE_FLOOR)
+                return []
+        return [clone]
+
+    def _fastest(self, candidates: list[Any]) -> Any:
+        """The candidate that encodes one probe query fastest (median of 5 after a warm-up call), logged with all
+        the times: the choice is made once per process, at warm-up."""
+        probe = [PROBE_QUERIES[0]]
+        times: list[float] = []
+        for candidate in candidates:
+            self._encode_with(candidate, probe)
+            runs = []
+            for _ in range(5):
+                started = time.perf_counter()
+                self._encode_with(candidate, probe)
+                runs.append(time.perf_counter() - started)
+            times.append(float(np.median(runs)))
+        best = int(np.argmin(times))
+        log.info(
+            "text query paths on this CPU, one query: %s; fastest: %s",
+            ", ".join(f"{self._path_of(c)} {1e3 * t:.1f} ms" for c, t in zip(candidates, times, strict=True)),
+            self._path_of(candidates[best]),
+        )
+        return candidates[best]
+
+    def _agreement_with(self, exact: Callable[[], np.ndarray], fast: Any) -> float:
+        return self._agreement(exact(), fast)
 
     def _agreement(self, exact: np.ndarray, fast: Any) -> float:
         """The lowest cosine between the fp32 vectors of the probe queries (``exact``) and those of ``fast``."""
@@ -347,7 +391,7 @@ class HFEncoder:
 
     @property
     def query_path(self) -> str:
-        """How text queries are encoded: "onnx-fp32" (ONNX Runtime), "int8" (a torch int8 text tower) or "fp32"."""
+        """How text queries are encoded: "onnx-fp32" / "onnx-int8" (ONNX Runtime), "int8" (torch int8) or "fp32"."""
         return self._path_of(self._query_encoder())
 
     def _path_of(self, text_model: Any) -> str:
