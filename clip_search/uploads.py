@@ -19,7 +19,6 @@ crash between storing it and committing its row never lets ``storage sync`` inde
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from clip_search.engine import SearchEngine
 
 log = logging.getLogger(__name__)
-_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload-lookup")
 
 
 def upload_photo(
@@ -70,13 +68,10 @@ def upload_photo(
         )
     except InvalidImageError as exc:
         return AddResult("rejected", f"{name}: {exc}", source=name)
-    # The exact-copy lookup (a table read, ~15-20 ms at 100k rows) runs beside the forward (~230 ms), not before
-    # it: a copy then costs a wasted forward, every new photo 15-20 ms less.
-    lookup = _LOOKUPS.submit(_exact_copy, engine, prepared, name, owner)
-    vector = engine.embed([prepared])
-    existing = lookup.result()
+    existing = _exact_copy(engine, prepared, name, owner)
     if existing is not None:
         return existing
+    vector = engine.embed([prepared])
     verdict = (
         engine.moderator.check(vector[0], prepared.data, prepared.content_type) if engine.moderator.enabled else None
     )

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from clip_search.collection.cells import MIN_ROWS as CELLS_MIN_ROWS
 from clip_search.collection.cells import Cells
 from clip_search.collection.filtered import FilteredIds
+from clip_search.collection.hashes import KnownHashes
 from clip_search.collection.records import ImageRecord, NewImage
 from clip_search.collection.sync import Changes, FragmentTracker, iter_vectors
 from clip_search.collection.table import CollectionTable
@@ -154,6 +155,8 @@ class Collection:
         self._commits = 0
         self._housekeeping: threading.Thread | None = None
         self._cells_thread: threading.Thread | None = None
+        self._hashes_thread: threading.Thread | None = None
+        self._hashes = KnownHashes()
         self._background = background
         table.check_model(model, model_id)
         if cache_dir is not None:
@@ -188,6 +191,7 @@ class Collection:
         self._ds = ds
         self._checked = time.monotonic()
         if ds is None:
+            self._hashes.start_empty()
             return
         n = ds.count_rows()
         index = self._cached_ivf(n) if self._wants_ivf(n) else None
@@ -199,6 +203,7 @@ class Collection:
             self._index, self._tracker, self._known, self._hidden = self._build(ds, n)
             self._save_ivf()
         self._maybe_build_cells()
+        self._load_hashes_later()
         log.info(
             "opened collection %s: %d images (%s index) in %.2f s",
             self.table.uri,
@@ -298,6 +303,7 @@ class Collection:
                 ready = np.array([i for i, v in self._pending.items() if v <= ds.version], dtype=np.int64)
             changes = self._tracker.diff(ds, known=self._is_known, pending=ready)
             self._advance(ds)  # rows are readable before their ids can be found by a search
+            self._note_hashes(ds, changes)
             self._apply(changes, resolved=ready)
             if changes.added or len(changes.removed_ids):
                 log.info(
@@ -496,7 +502,10 @@ class Collection:
     def find_by_sha256(self, *hashes: str | None, owner_hash: str | None = None) -> ImageRecord | None:
         """The image whose stored or original bytes have one of these hashes, as the table has it (an image
         another process committed a moment ago counts, before this process's index has it), among the rows a
-        photo of ``owner_hash`` duplicates: unowned ones and the owner's own (never a stranger's private photo)."""
+        photo of ``owner_hash`` duplicates: unowned ones and the owner's own (never a stranger's private photo).
+        The table is read only when the hashes held in memory say it might hold one (see collection.hashes)."""
+        if not self._hashes.may_contain(*hashes):
+            return None
         return self.table.find_by_sha256(self._current(), *hashes, where=same_owner_sql(owner_hash))
 
     def find_by_key(self, key: str) -> ImageRecord | None:
@@ -555,6 +564,7 @@ class Collection:
         return [img.id if pos in new else None for pos, img in enumerate(images)]
 
     def _commit(self, images: list[NewImage]) -> None:
+        self._hashes.add(h for img in images for h in (img.sha256, img.source_sha256))  # before they can be found
         version = self.table.add(images, model=self.model, model_id=self.model_id)
         ids = np.array([img.id for img in images], dtype=np.int64)
         vectors = np.stack([np.asarray(img.embedding, dtype=np.float32).reshape(-1) for img in images])
@@ -634,12 +644,40 @@ class Collection:
         return installed
 
     def wait_for_cells(self, timeout: float | None = None) -> bool:
-        """Wait for a background build of the near-duplicate cells (benchmarks, tests); True when the index has
-        cells now."""
-        thread = self._cells_thread
-        if thread is not None:
-            thread.join(timeout)
+        """Wait for the background work after an open (near-duplicate cells, content hashes; benchmarks, tests);
+        True when the index has cells now."""
+        for thread in (self._hashes_thread, self._cells_thread):
+            if thread is not None:
+                thread.join(timeout)
         return isinstance(self._index, FlatIndex) and self._index.cells_trained_on > 0
+
+    def _load_hashes_later(self) -> None:
+        """Read every row's content hashes in the background (until then duplicate checks read the table)."""
+        ds = self._current()
+        self._hashes.ready = False  # until loaded, every check reads the table
+        if not self._background or ds is None:
+            return
+
+        def load() -> None:
+            try:
+                self._hashes.load(ds.to_table(columns=["sha256", "source_sha256"]))
+            except Exception:  # duplicate checks keep reading the table
+                log.exception("reading the collection's content hashes failed; duplicate checks read the table")
+
+        self._hashes_thread = threading.Thread(target=load, name="collection-hashes", daemon=True)
+        self._hashes_thread.start()
+
+    def _note_hashes(self, ds: Any, changes: Changes) -> None:
+        """The content hashes of rows another process added (before their ids can be found); a bulk of them
+        is read again as a whole later."""
+        ids = [int(i) for batch in changes.added_ids for i in batch]
+        if not ids:
+            return
+        if len(ids) > 10_000:
+            self._load_hashes_later()
+            return
+        table = self.table.hashes_of(ds, ids)
+        self._hashes.add(table.column("sha256").to_pylist() + table.column("source_sha256").to_pylist())
 
     def _maybe_build_cells(self) -> None:
         """In the background: cells once a flat collection has CELLS_MIN_ROWS rows, again when it grew 4x."""
@@ -693,7 +731,7 @@ class Collection:
 
     def close(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._housekeeping, self._cells_thread):
+        for thread in (self._thread, self._housekeeping, self._cells_thread, self._hashes_thread):
             if thread is not None:
                 thread.join(timeout=60)
         try:

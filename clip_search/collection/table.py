@@ -369,6 +369,10 @@ class CollectionTable:
         found = self.records_where(ds, condition, limit=1)
         return found[0] if found else None
 
+    def hashes_of(self, ds: Any, image_ids: Sequence[int]) -> pa.Table:
+        """The ``sha256`` and ``source_sha256`` columns of these rows."""
+        return self._read(ds, _id_filter(image_ids), ["sha256", "source_sha256"])
+
     def delete_hash(self, ds: Any, image_id: int) -> str | None:
         table = self._read(ds, _id_filter([image_id]), ["delete_hash"], limit=1)
         return table.column("delete_hash")[0].as_py() if table.num_rows else None
