@@ -345,25 +345,28 @@ class HFEncoder:
         return [clone]
 
     def _fastest(self, candidates: list[Any]) -> Any:
-        """The candidate that encodes one probe query fastest (median of 5 after a warm-up call), logged with all
-        the times: the choice is made once per process, at warm-up."""
+        """The candidate this machine measured fastest (median of 5 one-query encodes after a warm-up call), the
+        choice remembered beside the ONNX towers so every process here takes the same path (see query_choice)."""
+        import torch
+
+        from clip_search import onnx_text, query_choice
+
         probe = [PROBE_QUERIES[0]]
-        times: list[float] = []
-        for candidate in candidates:
+
+        def seconds(candidate: Any) -> float:
             self._encode_with(candidate, probe)
             runs = []
             for _ in range(5):
                 started = time.perf_counter()
                 self._encode_with(candidate, probe)
                 runs.append(time.perf_counter() - started)
-            times.append(float(np.median(runs)))
-        best = int(np.argmin(times))
-        log.info(
-            "text query paths on this CPU, one query: %s; fastest: %s",
-            ", ".join(f"{self._path_of(c)} {1e3 * t:.1f} ms" for c, t in zip(candidates, times, strict=True)),
-            self._path_of(candidates[best]),
+            return float(np.median(runs))
+
+        folder = (self.cache_dir or onnx_text.default_cache_dir()) / "onnx"
+        record = query_choice.record_path(
+            folder, model=self.name, text_length=self._text_length, threads=torch.get_num_threads()
         )
-        return candidates[best]
+        return query_choice.choose(candidates, [self._path_of(c) for c in candidates], seconds, record)
 
     def _agreement_with(self, exact: Callable[[], np.ndarray], fast: Any) -> float:
         return self._agreement(exact(), fast)

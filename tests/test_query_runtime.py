@@ -107,7 +107,7 @@ def test_each_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, pat
 
 
 def test_auto_times_every_agreeing_path_and_keeps_the_fastest(tmp_path, tiny_model_dir, caplog):
-    caplog.set_level(logging.INFO, logger="clip_search.encoder")
+    caplog.set_level(logging.INFO, logger="clip_search.query_choice")
     encoder = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
     encoder.warm_up()
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("text query paths on this CPU")]
@@ -115,6 +115,26 @@ def test_auto_times_every_agreeing_path_and_keeps_the_fastest(tmp_path, tiny_mod
     assert {"fp32", "onnx-fp32"} <= set(timed)  # the fp32 paths always agree; the int8 ones where their probes do
     assert encoder.query_path == min(timed, key=lambda name: float(timed[name]))
     assert line.endswith(f"fastest: {encoder.query_path}")
+
+
+def test_the_choice_is_remembered_so_every_process_on_the_machine_takes_the_same_path(tmp_path, tiny_model_dir, caplog):
+    """Two processes on one data dir (an app and its CLI) must rank alike: the second takes the first's choice."""
+    first = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
+    first.warm_up()
+    (record,) = (tmp_path / "onnx").glob("query-path-*.json")
+    caplog.set_level(logging.INFO, logger="clip_search.query_choice")
+    for _ in range(3):
+        again = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
+        assert again.query_path == first.query_path
+        np.testing.assert_array_equal(again.encode_text(VARIED_QUERIES[:8]), first.encode_text(VARIED_QUERIES[:8]))
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("as measured on this machine before" in m for m in messages) == 3
+    assert not any(m.startswith("text query paths on this CPU") for m in messages)
+    record.write_text("{not json")  # damaged: measured again, and remembered again
+    caplog.clear()
+    assert HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path).query_path
+    assert any(r.getMessage().startswith("text query paths on this CPU") for r in caplog.records)
+    assert '"chosen"' in record.read_text()
 
 
 def test_the_engine_searches_through_the_onnx_tower_in_its_data_dir(tmp_path, tiny_model_dir):
@@ -187,7 +207,7 @@ def test_query_runtime_torch_keeps_the_torch_path(quantize, path, tmp_path, tiny
         str(tiny_model_dir), device="cpu", query_runtime="torch", query_quantize=quantize, cache_dir=tmp_path
     )
     assert encoder.query_path == path
-    assert not (tmp_path / "onnx").exists()  # nothing exported
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing exported
     if path == "fp32":
         np.testing.assert_array_equal(
             encoder.encode_text(VARIED_QUERIES[:4]), encoder.encode_text_exact(VARIED_QUERIES[:4])
@@ -198,7 +218,7 @@ def test_without_onnxruntime_auto_falls_back_to_torch_and_onnx_says_why(tmp_path
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as where it is not installed: its import fails
     auto = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", query_quantize="auto", cache_dir=tmp_path)
     assert auto.query_path in ("fp32", "int8")
-    assert not (tmp_path / "onnx").exists()
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing exported
     required = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="onnx", cache_dir=tmp_path)
     with pytest.raises(ClipSearchError, match="query_runtime is onnx but onnxruntime and onnx are not installed"):
         required.warm_up()

@@ -1,0 +1,98 @@
+"""Which text query path serves: the fastest on this machine, measured once and remembered.
+
+Which path is fastest depends on the CPU (int8 kernels with VNNI/AMX, ONNX Runtime's fp32 kernels) and the model,
+so it is timed rather than assumed (see :meth:`clip_search.encoder.HFEncoder`'s query path). Measuring at every
+start would let two processes on one machine (an app and its CLI, two replicas on one disk) pick different paths
+on a noisy moment, and the paths' vectors differ in the 4th decimal: two near-tied results could swap places
+between them. So the first measurement is written next to the cached ONNX towers, keyed by the model, the
+candidates, the CPU and the thread count, and every later process on that machine takes the same path. Delete
+the file to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from clip_search.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def record_path(folder: Path, *, model: str, text_length: int, threads: int) -> Path:
+    """Where the choice for this model, token length, CPU and thread count is remembered."""
+    key = f"{model}|{text_length}|{cpu_name()}|{os.cpu_count()}|{threads}"
+    return folder / f"query-path-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def choose(
+    candidates: Sequence[Any],
+    names: Sequence[str],
+    seconds: Callable[[Any], float],
+    record: Path | None,
+) -> Any:
+    """The candidate this machine chose before for the same set of ``names`` (read from ``record``), else the one
+    ``seconds`` times fastest, remembered in ``record`` (where it can be written)."""
+    remembered = _read(record, names)
+    if remembered is not None:
+        log.info(
+            "text queries: %s, as measured on this machine before (%s; delete it to measure again)", remembered, record
+        )
+        return candidates[list(names).index(remembered)]
+    times = [seconds(candidate) for candidate in candidates]
+    best = min(range(len(candidates)), key=times.__getitem__)
+    log.info(
+        "text query paths on this CPU, one query: %s; fastest: %s",
+        ", ".join(f"{name} {1e3 * t:.1f} ms" for name, t in zip(names, times, strict=True)),
+        names[best],
+    )
+    _write(record, names, names[best], times)
+    return candidates[best]
+
+
+def _read(record: Path | None, names: Sequence[str]) -> str | None:
+    if record is None or not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+        chosen = data["chosen"]
+        if sorted(data["candidates"]) == sorted(names) and chosen in names:
+            return str(chosen)
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("ignoring the unreadable query path record %s: measuring again", record)
+    return None
+
+
+def _write(record: Path | None, names: Sequence[str], chosen: str, times: Sequence[float]) -> None:
+    if record is None:
+        return
+    data = {
+        "chosen": chosen,
+        "candidates": list(names),
+        "ms": {name: round(1e3 * t, 2) for name, t in zip(names, times, strict=True)},
+        "cpu": cpu_name(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(record, [json.dumps(data, indent=1).encode()])
+    except OSError as exc:  # an unwritable cache: the choice holds for this process only
+        log.warning("cannot remember the query path in %s (%s)", record, exc)
