@@ -346,7 +346,7 @@ class HFEncoder:
 
     def _fastest(self, candidates: list[Any]) -> Any:
         """The candidate this machine measured fastest (median of 5 one-query encodes after a warm-up call), the
-        choice remembered beside the ONNX towers so every process here takes the same path (see query_choice)."""
+        choice remembered in the user's cache so every process here takes the same path (see query_choice)."""
         import torch
 
         from clip_search import onnx_text, query_choice
@@ -362,11 +362,11 @@ class HFEncoder:
                 runs.append(time.perf_counter() - started)
             return float(np.median(runs))
 
-        folder = (self.cache_dir or onnx_text.default_cache_dir()) / "onnx"
+        names = [self._path_of(c) for c in candidates]
         record = query_choice.record_path(
-            folder, model=self.name, text_length=self._text_length, threads=torch.get_num_threads()
+            onnx_text.default_cache_dir(), model=self.name, names=names, threads=torch.get_num_threads()
         )
-        return query_choice.choose(candidates, [self._path_of(c) for c in candidates], seconds, record)
+        return query_choice.choose(candidates, names, seconds, record)
 
     def _agreement_with(self, exact: Callable[[], np.ndarray], fast: Any) -> float:
         return self._agreement(exact(), fast)

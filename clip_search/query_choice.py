@@ -4,9 +4,10 @@ Which path is fastest depends on the CPU (int8 kernels with VNNI/AMX, ONNX Runti
 so it is timed rather than assumed (see :meth:`clip_search.encoder.HFEncoder`'s query path). Measuring at every
 start would let two processes on one machine (an app and its CLI, two replicas on one disk) pick different paths
 on a noisy moment, and the paths' vectors differ in the 4th decimal: two near-tied results could swap places
-between them. So the first measurement is written next to the cached ONNX towers, keyed by the model, the
-candidates, the CPU and the thread count, and every later process on that machine takes the same path. Delete
-the file to measure again.
+between them. So the first measurement is written to the user's cache (``$XDG_CACHE_HOME/clip-search``, beside no
+collection: it is a fact about the machine, and survives a wiped data_dir), keyed by the model, the candidates,
+the CPU and the thread count, and every later process on that machine takes the same path. Delete the file to
+measure again.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def record_path(folder: Path, *, model: str, text_length: int, threads: int) -> Path:
-    """Where the choice for this model, token length, CPU and thread count is remembered."""
-    key = f"{model}|{text_length}|{cpu_name()}|{os.cpu_count()}|{threads}"
+def record_path(folder: Path, *, model: str, names: Sequence[str], threads: int) -> Path:
+    """Where the choice among ``names`` for this model, CPU and thread count is remembered."""
+    key = f"{model}|{'+'.join(sorted(names))}|{cpu_name()}|{os.cpu_count()}|{threads}"
     return folder / f"query-path-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -106,7 +106,8 @@ def test_each_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, pat
     np.testing.assert_array_equal(encoder.encode_pixels(pixels), torch_only.encode_pixels(pixels))  # query side only
 
 
-def test_auto_times_every_agreeing_path_and_keeps_the_fastest(tmp_path, tiny_model_dir, caplog):
+def test_auto_times_every_agreeing_path_and_keeps_the_fastest(tmp_path, tiny_model_dir, caplog, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))  # no choice remembered yet
     caplog.set_level(logging.INFO, logger="clip_search.query_choice")
     encoder = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
     encoder.warm_up()
@@ -117,11 +118,15 @@ def test_auto_times_every_agreeing_path_and_keeps_the_fastest(tmp_path, tiny_mod
     assert line.endswith(f"fastest: {encoder.query_path}")
 
 
-def test_the_choice_is_remembered_so_every_process_on_the_machine_takes_the_same_path(tmp_path, tiny_model_dir, caplog):
-    """Two processes on one data dir (an app and its CLI) must rank alike: the second takes the first's choice."""
+def test_the_choice_is_remembered_so_every_process_on_the_machine_takes_the_same_path(
+    tmp_path, tiny_model_dir, caplog, monkeypatch
+):
+    """Two processes on one machine (an app and its CLI, a restart on a wiped data dir) must rank alike: the
+    second takes the first's choice, from the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     first = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
     first.warm_up()
-    (record,) = (tmp_path / "onnx").glob("query-path-*.json")
+    (record,) = (tmp_path / "user-cache" / "clip-search").glob("query-path-*.json")
     caplog.set_level(logging.INFO, logger="clip_search.query_choice")
     for _ in range(3):
         again = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
