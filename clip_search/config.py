@@ -36,7 +36,7 @@ class ModelSettings(_Section):
     torch_threads: int = Field(0, ge=0)
     quantize: Literal["none", "int8"] = "none"
     query_quantize: Literal["auto", "none", "int8"] = "auto"  # precisions a text query path may use
-    query_runtime: Literal["auto", "torch", "onnx"] = "auto"  # runtimes; the fastest agreeing path wins (CPU)
+    query_runtime: Literal["auto", "torch", "onnx"] = "torch"  # runtimes; the fastest agreeing path wins (CPU)
     warm_up: bool = True
 
 
