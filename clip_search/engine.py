@@ -460,7 +460,7 @@ class SearchEngine:
         self, items: Sequence[PreparedImage], vectors: np.ndarray | None = None, *, looked_up: bool = False
     ) -> list[AddResult]:
         """Embed (unless given), store, then commit to the catalog (the commit point). ``looked_up``: the caller
-        has just looked for stored copies (an upload, beside its forward), so the table is not read again; a copy
+        has just looked for stored copies (an upload, before its forward), so the table is not read again; a copy
         committed by another process in between is still found by the collection (same id) or counted once.
 
         Store errors propagate untouched; nothing reaches the catalog for an image whose bytes were not stored.
