@@ -2,9 +2,9 @@
 #   docker build -t clip-search .
 #   docker run --rm -p 7860:7860 --env-file .env \
 #     -v clip-search-data:/data -v clip-search-models:/models clip-search
-# /data holds the collection (catalog, index, local images) and derived caches (the ONNX text tower), /models the
-# Hugging Face cache (HF_HOME): the model is downloaded on the first start (~800 MB for siglip-base) and kept
-# there. Secrets come from --env-file.
+# /data holds the collection (catalog, index, local images), /models the Hugging Face cache (HF_HOME): the model
+# is downloaded on the first start (~800 MB for siglip-base) and kept there, with what is derived from it
+# (XDG_CACHE_HOME: the ONNX text towers, the query path chosen on this machine). Secrets come from --env-file.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,6 +28,7 @@ RUN pip install --no-cache-dir -r pre-requirements.txt \
 COPY . .
 
 ENV HF_HOME=/models \
+    XDG_CACHE_HOME=/models/.cache \
     CLIP_SEARCH_DATA_DIR=/data \
     GRADIO_SERVER_NAME=0.0.0.0 \
     GRADIO_SERVER_PORT=7860 \

@@ -20,13 +20,14 @@ PERSISTENT = Path("/data")  # Hugging Face Spaces' persistent storage, when the 
 
 
 def use_persistent_storage() -> None:
-    """On a Space with persistent storage, keep the model cache (and, on Spaces, the collection) on /data.
+    """On a Space with persistent storage, keep the model caches (and, on Spaces, the collection) on /data.
 
     Runs before transformers is imported, since huggingface_hub reads HF_HOME once at import.
     """
     if not (PERSISTENT.is_dir() and os.access(PERSISTENT, os.W_OK)):
         return
     os.environ.setdefault("HF_HOME", str(PERSISTENT / ".huggingface"))
+    os.environ.setdefault("XDG_CACHE_HOME", str(PERSISTENT / ".cache"))  # the ONNX text towers, the query path chosen
     if os.environ.get("SPACE_ID"):  # only on Spaces: elsewhere /data may be anything
         os.environ.setdefault("CLIP_SEARCH_DATA_DIR", str(PERSISTENT / "clip-search"))
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_search.encoder import HFEncoder, quantized_text_clone
+from clip_search.encoder import HFEncoder
 from clip_search.onnx_text import OnnxTextTower, export_text_tower, onnx_available
+from clip_search.query_paths import quantized_text_clone
 
 QUERIES = [
     f"{a} {b}{c}"

@@ -25,7 +25,7 @@ def _engine(args: argparse.Namespace, *, load_model: bool = False):  # noqa: ANN
     if args.data_dir:
         os.environ["CLIP_SEARCH_DATA_DIR"] = str(args.data_dir)
     settings = load_config(args.config)
-    encoder = HFEncoder.from_settings(settings.model, cache_dir=settings.cache_dir)
+    encoder = HFEncoder.from_settings(settings.model)
     if load_model:
         encoder.load()  # a model that cannot be had fails before the collection is opened (or created)
     return SearchEngine(settings, encoder=encoder)

@@ -36,7 +36,7 @@ class ModelSettings(_Section):
     torch_threads: int = Field(0, ge=0)
     quantize: Literal["none", "int8"] = "none"
     query_quantize: Literal["auto", "none", "int8"] = "auto"  # precisions a text query path may use
-    query_runtime: Literal["auto", "torch", "onnx"] = "torch"  # runtimes; the fastest agreeing path wins (CPU)
+    query_runtime: Literal["auto", "torch", "onnx"] = "auto"  # runtimes; the fastest agreeing path wins (CPU)
     warm_up: bool = True
 
 
@@ -202,7 +202,9 @@ class Settings(_Section):
 
     @property
     def cache_dir(self) -> Path:
-        """Derived files that may be lost (the IVF index, the ONNX text tower): rebuilt from the model or table."""
+        """Derived files of the collection that may be lost (the IVF index): rebuilt from the table. The model's own
+        derived files (the ONNX text tower, the query path chosen) live in the user's cache, shared by every
+        collection on the machine (``$XDG_CACHE_HOME/clip-search``)."""
         return self.data_dir / "cache"
 
     @property

@@ -7,14 +7,12 @@ probability ``sigmoid(cos * exp(scale) + bias)``, which is calibrated for image-
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import threading
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +21,7 @@ from PIL import Image
 
 from clip_search.errors import ClipSearchError, EmptyQueryError
 from clip_search.model_source import features_tensor, load_checkpoint
+from clip_search.query_paths import PROBE_QUERIES, QueryPaths
 
 if TYPE_CHECKING:
     from clip_search.config import ModelSettings
@@ -101,40 +100,6 @@ def _pick_device(requested: str) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-QUERY_COSINE_FLOOR = 0.999
-PROBE_QUERIES = (
-    "a dog running on a beach",
-    "red sports car parked in the street at night",
-    "two people eating pizza in a small kitchen",
-    "snow-covered mountains under a clear blue sky",
-    "a cat",
-    "close-up of a yellow flower with a bee",
-    "crowded train station, black and white photograph",
-    "an old wooden boat on a calm lake at sunset with trees reflected in the water",
-)
-
-
-def quantized_text_clone(model: Any) -> Any:
-    """A shallow clone of ``model`` sharing its vision tower, with dynamic-int8 copies of its text tower (and text
-    projection, for CLIP): queries get 1.4-2.2x faster on CPU while the collection's image vectors stay exactly fp32."""
-    import copy
-
-    import torch
-
-    clone = copy.copy(model)
-    clone._modules = dict(model._modules)  # replace submodules of the clone only
-    for name in ("text_model", "text_projection"):
-        part = model._modules.get(name)
-        if part is not None:
-            with warnings.catch_warnings():  # torch.ao's notice that the API moves to torchao, once per process
-                warnings.simplefilter("ignore")
-                quantized = torch.ao.quantization.quantize_dynamic(
-                    copy.deepcopy(part), {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-                )
-            clone._modules[name] = quantized
-    return clone.eval()
 
 
 def processor_input_size(processor: Any) -> int:
@@ -279,78 +244,56 @@ class HFEncoder:
 
     def _query_model(self, model: Any) -> Any:
         """On CPU, the fastest of the query paths ``query_runtime`` and ``query_quantize`` allow whose probe vectors
-        keep cosine >= the floor to fp32, timed here, on this CPU: which one wins depends on the CPU (int8 kernels
-        with VNNI/AMX, ONNX Runtime's fp32 kernels), so the choice is measured, not assumed."""
-        if self._device != "cpu" or self.quantize == "int8":
-            if self.query_runtime == "onnx":
-                log.warning("model.query_runtime=onnx applies to an fp32 model on the CPU only; ignored")
-            return model
-        exact = functools.cache(lambda: self._encode_with(model, list(PROBE_QUERIES)))
-        candidates = self._query_candidates(model, exact)
-        return candidates[0] if len(candidates) == 1 else self._fastest(candidates)
-
-    def _query_candidates(self, model: Any, exact: Callable[[], np.ndarray]) -> list[Any]:
-        """The query paths allowed: torch fp32 and int8 (``query_runtime`` auto | torch), ONNX fp32 and int8 (auto |
-        onnx); ``query_quantize`` none keeps only the fp32 ones, int8 only the int8 ones. Never empty."""
-        fp32, int8 = self.query_quantize != "int8", self.query_quantize != "none"
-        found: list[Any] = []
-        if self.query_runtime != "onnx":
-            if fp32:
-                found.append(model)
-            if int8:
-                found.extend(self._torch_int8(model, exact))
-        if self.query_runtime != "torch":
-            found.extend(self._onnx_towers(model, exact, fp32=fp32, int8=int8))
-        return found or [model]
-
-    def _onnx_towers(self, model: Any, exact: Callable[[], np.ndarray], *, fp32: bool, int8: bool) -> list[Any]:
-        """The ONNX text towers (fp32 exported once, int8 quantized from it, both cached under ``cache_dir``) that
-        agree with torch fp32; ``query_runtime: onnx`` raises where there is none."""
+        keep cosine >= the floor to fp32, timed on this CPU: which one wins depends on the CPU (int8 kernels with
+        VNNI/AMX, ONNX Runtime's fp32 kernels), so the choice is measured, not assumed. The first process on a
+        machine builds and times every path; later ones build only the path it chose (see query_choice)."""
         import torch
 
         from clip_search import onnx_text
 
-        folder = (self.cache_dir or onnx_text.default_cache_dir()) / "onnx"
-        agreement = functools.partial(self._agreement_with, exact)
-        tower = onnx_text.onnx_text_tower(
+        if self._device != "cpu" or self.quantize == "int8":
+            if self.query_runtime == "onnx":
+                log.warning("model.query_runtime=onnx applies to an fp32 model on the CPU only; ignored")
+            return model
+        paths = QueryPaths(
             model,
-            self._tokens(["a photo"]),
-            onnx_text.cache_path(folder, self.name, self._text_length),
+            encode=self._encode_with,
+            sample=self._tokens(["a photo"]),
+            onnx_file=onnx_text.cache_path(
+                (self.cache_dir or onnx_text.default_cache_dir()) / "onnx", self.name, self._text_length
+            ),
             threads=torch.get_num_threads(),
-            agreement=agreement,
-            floor=QUERY_COSINE_FLOOR,
-            required=self.query_runtime == "onnx",
+            quantize=self.query_quantize,
+            runtime=self.query_runtime,
         )
-        if tower is None:
-            return []
-        quantized = None
-        if int8:
-            quantized = onnx_text.onnx_int8_tower(
-                tower, threads=torch.get_num_threads(), agreement=agreement, floor=QUERY_COSINE_FLOOR
-            )
-        towers = [t for t, wanted in ((tower, fp32), (quantized, int8)) if wanted and t is not None]
-        if not towers and self.query_runtime == "onnx":
-            raise ClipSearchError("model.query_runtime is onnx but no int8 ONNX text tower agrees with fp32")
-        return towers
+        allowed = paths.allowed(onnx_text.onnx_available())
+        if len(allowed) == 1:
+            built = paths.build(allowed[0])
+            if built is None and self.query_runtime == "onnx":
+                raise paths.none_serves()
+            return model if built is None else built
+        return self._remembered_or_fastest(paths, allowed)
 
-    def _torch_int8(self, model: Any, exact: Callable[[], np.ndarray]) -> list[Any]:
-        """A clone whose text tower is dynamic int8, where its probes agree with fp32 (or ``query_quantize: int8``
-        asks for it whatever they say)."""
-        clone = quantized_text_clone(model)
-        if self.query_quantize == "auto":
-            cosine = self._agreement_with(exact, clone)
-            if cosine < QUERY_COSINE_FLOOR:
-                log.info("torch int8 text queries left out: cosine %.4f to fp32 (< %.3f)", cosine, QUERY_COSINE_FLOOR)
-                return []
-        return [clone]
-
-    def _fastest(self, candidates: list[Any]) -> Any:
-        """The candidate this machine measured fastest (median of 5 one-query encodes after a warm-up call), the
-        choice remembered in the user's cache so every process here takes the same path (see query_choice)."""
-        import torch
-
+    def _remembered_or_fastest(self, paths: QueryPaths, allowed: list[str]) -> Any:
+        """The path this machine chose before among ``allowed``, built alone; else every allowed path that agrees
+        with fp32, timed (median of 5 one-query encodes after a warm-up call), the fastest remembered."""
         from clip_search import onnx_text, query_choice
 
+        record = query_choice.record_path(
+            onnx_text.default_cache_dir(), model=self.name, names=allowed, threads=paths.threads
+        )
+        remembered = query_choice.remembered(record, allowed)
+        if remembered is not None:
+            built = paths.build(remembered)
+            if built is not None:
+                return built
+            log.warning("the query path %s chosen before cannot serve now: measuring every path again", remembered)
+        built = {name: paths.build(name) for name in allowed}
+        candidates = {name: path for name, path in built.items() if path is not None}
+        if not candidates:
+            if self.query_runtime == "onnx":
+                raise paths.none_serves()
+            return self._model
         probe = [PROBE_QUERIES[0]]
 
         def seconds(candidate: Any) -> float:
@@ -362,18 +305,7 @@ class HFEncoder:
                 runs.append(time.perf_counter() - started)
             return float(np.median(runs))
 
-        names = [self._path_of(c) for c in candidates]
-        record = query_choice.record_path(
-            onnx_text.default_cache_dir(), model=self.name, names=names, threads=torch.get_num_threads()
-        )
-        return query_choice.choose(candidates, names, seconds, record)
-
-    def _agreement_with(self, exact: Callable[[], np.ndarray], fast: Any) -> float:
-        return self._agreement(exact(), fast)
-
-    def _agreement(self, exact: np.ndarray, fast: Any) -> float:
-        """The lowest cosine between the fp32 vectors of the probe queries (``exact``) and those of ``fast``."""
-        return float(np.min(np.sum(exact * self._encode_with(fast, list(PROBE_QUERIES)), axis=1)))
+        return query_choice.fastest(candidates, seconds, record, allowed=allowed)
 
     def warm_up(self) -> None:
         """One throwaway forward of each tower: transformers 5 maps weights lazily, so the first call is slow; this

@@ -160,7 +160,7 @@ class SearchEngine:
         store: ImageStore | None = None,
     ) -> None:
         self.settings = settings
-        self.encoder: Encoder = encoder or HFEncoder.from_settings(settings.model, cache_dir=settings.cache_dir)
+        self.encoder: Encoder = encoder or HFEncoder.from_settings(settings.model)
         self.store = store or make_store(settings)
         self.store.check()
         set_search_threads(settings.index.search_threads)

@@ -217,22 +217,32 @@ def int8_path(fp32: Path) -> Path:
 
 
 def onnx_int8_tower(
-    fp32: OnnxTextTower, *, threads: int, agreement: Callable[[OnnxTextTower], float], floor: float
+    fp32_file: Path,
+    fp32: Callable[[], OnnxTextTower | None],
+    *,
+    threads: int,
+    agreement: Callable[[OnnxTextTower], float],
+    floor: float,
 ) -> OnnxTextTower | None:
-    """ONNX Runtime's dynamic int8 (per-channel weights) of the cached fp32 tower, cached beside it, provided its
-    lowest probe cosine to torch fp32 is >= ``floor``; None otherwise, or where the fp32 tower has no file (an
-    unwritable cache) or quantizing fails. On CPUs with VNNI/AMX int8 it was the fastest path (bench_query_path)."""
-    if fp32.source == "memory":
-        return None
-    path = int8_path(Path(fp32.source))
+    """ONNX Runtime's dynamic int8 (per-channel weights) of the fp32 tower cached at ``fp32_file``, cached beside
+    it, provided its lowest probe cosine to torch fp32 is >= ``floor``. A cached int8 file that agrees serves
+    without the fp32 tower; otherwise ``fp32()`` (loaded or exported) is quantized. None where quantizing fails,
+    the fp32 tower has no file (an unwritable cache) or the probes disagree. On CPUs with VNNI/AMX int8 it was
+    the fastest path (bench_query_path)."""
+    path = int8_path(fp32_file)
     try:
         tower = _load_cached(path, threads, "onnx-int8")
         if tower is None or agreement(tower) < floor:
+            source = fp32()
+            if source is None or source.source == "memory":
+                return None
             started = time.perf_counter()
-            _quantize(Path(fp32.source), path)
+            _quantize(Path(source.source), path)
             tower = OnnxTextTower(path, threads=threads, source=str(path), query_path="onnx-int8")
             log.info("quantized the ONNX text tower to int8 in %.1f s -> %s", time.perf_counter() - started, path)
         cosine = agreement(tower)
+    except ClipSearchError:
+        raise  # query_runtime: onnx with no fp32 tower: the reason, as the fp32 path gives it
     except Exception:  # a quantizer or runtime failure only loses one candidate
         log.warning("the int8 ONNX text tower could not be made", exc_info=True)
         return None
@@ -248,10 +258,19 @@ def _quantize(source: Path, path: Path) -> None:
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    root = logging.getLogger()
+    root.addFilter(_quantizer_chatter)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8, per_channel=True)
         os.replace(tmp, path)
     finally:
+        root.removeFilter(_quantizer_chatter)
         Path(tmp).unlink(missing_ok=True)
+
+
+def _quantizer_chatter(record: logging.LogRecord) -> bool:
+    """False for what ONNX Runtime's quantizer logs on the root logger (a line per tensor it leaves in fp32, advice
+    on pre-processing): the app's log keeps our one line on the quantization instead."""
+    return "onnxruntime" not in Path(record.pathname).parts

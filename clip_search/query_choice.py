@@ -6,8 +6,8 @@ start would let two processes on one machine (an app and its CLI, two replicas o
 on a noisy moment, and the paths' vectors differ in the 4th decimal: two near-tied results could swap places
 between them. So the first measurement is written to the user's cache (``$XDG_CACHE_HOME/clip-search``, beside no
 collection: it is a fact about the machine, and survives a wiped data_dir), keyed by the model, the candidates,
-the CPU and the thread count, and every later process on that machine takes the same path. Delete the file to
-measure again.
+the CPU and the thread count, and every later process on that machine takes the same path, building that path
+alone (no ONNX export where torch won). Delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,34 +39,36 @@ def cpu_name() -> str:
 
 
 def record_path(folder: Path, *, model: str, names: Sequence[str], threads: int) -> Path:
-    """Where the choice among ``names`` for this model, CPU and thread count is remembered."""
+    """Where the choice among the allowed paths ``names`` for this model, CPU and thread count is remembered."""
     key = f"{model}|{'+'.join(sorted(names))}|{cpu_name()}|{os.cpu_count()}|{threads}"
     return folder / f"query-path-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def choose(
-    candidates: Sequence[Any],
-    names: Sequence[str],
-    seconds: Callable[[Any], float],
-    record: Path | None,
-) -> Any:
-    """The candidate this machine chose before for the same set of ``names`` (read from ``record``), else the one
-    ``seconds`` times fastest, remembered in ``record`` (where it can be written)."""
-    remembered = _read(record, names)
-    if remembered is not None:
+def remembered(record: Path, allowed: Sequence[str]) -> str | None:
+    """The path this machine chose before among ``allowed`` (read from ``record``), or None: measure then."""
+    chosen = _read(record, allowed)
+    if chosen is not None:
         log.info(
-            "text queries: %s, as measured on this machine before (%s; delete it to measure again)", remembered, record
+            "text queries: %s, as measured on this machine before (%s; delete it to measure again)", chosen, record
         )
-        return candidates[list(names).index(remembered)]
-    times = [seconds(candidate) for candidate in candidates]
-    best = min(range(len(candidates)), key=times.__getitem__)
+    return chosen
+
+
+def fastest(
+    candidates: Mapping[str, Any], seconds: Callable[[Any], float], record: Path | None, *, allowed: Sequence[str]
+) -> Any:
+    """The candidate (name -> path, those of ``allowed`` that could serve) ``seconds`` times fastest, remembered in
+    ``record`` (where it can be written) as this machine's choice among ``allowed``."""
+    names = list(candidates)
+    times = [seconds(candidates[name]) for name in names]
+    best = min(range(len(names)), key=times.__getitem__)
     log.info(
         "text query paths on this CPU, one query: %s; fastest: %s",
         ", ".join(f"{name} {1e3 * t:.1f} ms" for name, t in zip(names, times, strict=True)),
         names[best],
     )
-    _write(record, names, names[best], times)
-    return candidates[best]
+    _write(record, allowed, names[best], dict(zip(names, times, strict=True)))
+    return candidates[names[best]]
 
 
 def _read(record: Path | None, names: Sequence[str]) -> str | None:
@@ -82,13 +84,13 @@ def _read(record: Path | None, names: Sequence[str]) -> str | None:
     return None
 
 
-def _write(record: Path | None, names: Sequence[str], chosen: str, times: Sequence[float]) -> None:
+def _write(record: Path | None, allowed: Sequence[str], chosen: str, times: Mapping[str, float]) -> None:
     if record is None:
         return
     data = {
         "chosen": chosen,
-        "candidates": list(names),
-        "ms": {name: round(1e3 * t, 2) for name, t in zip(names, times, strict=True)},
+        "candidates": list(allowed),
+        "ms": {name: round(1e3 * t, 2) for name, t in times.items()},
         "cpu": cpu_name(),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,20 @@ def shared_data(name: str) -> Path:
             pytest.fail(f"CI=true but the shared data set {path} is missing")
         pytest.skip(f"shared data set {path} not present (see ../shared/README.md)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user's cache (``$XDG_CACHE_HOME``: ONNX text towers, the query path chosen) of this test session alone:
+    shared by its tests and the processes they start, as a machine's is, and never the developer's own."""
+    folder = tmp_path_factory.mktemp("user-cache")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
 """How text queries are encoded on CPU: the fastest path that keeps cosine >= 0.999 to the fp32 vectors.
 
 By default (``model.query_runtime: auto``) the candidates are torch fp32 and dynamic int8, and ONNX Runtime fp32 (the
-text tower exported once into ``data_dir/cache/onnx``) and dynamic int8; those whose probe vectors agree with fp32
-are timed at warm-up and the fastest serves. Image vectors never change.
+text tower exported once per model and machine into the user's cache) and dynamic int8; those whose probe vectors
+agree with fp32 are timed at the first warm-up on a machine and the fastest serves; later processes build only that
+one. Image vectors never change.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
@@ -79,7 +81,7 @@ def _min_cosine(encoder: HFEncoder, texts: list[str]) -> float:
 
 @pytest.mark.parametrize("model", ["tiny", "base", "clip"])
 @pytest.mark.parametrize("path", ["onnx-fp32", "onnx-int8", "default"])
-def test_each_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, path, request, tmp_path):
+def test_each_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, path, request, tmp_path, user_cache):
     directory = request.getfixturevalue(
         {"tiny": "tiny_model_dir", "base": "base_model_dir", "clip": "tiny_clip_dir"}[model]
     )
@@ -87,15 +89,16 @@ def test_each_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, pat
         path, {"query_runtime": "onnx", "query_quantize": "int8"}
     )
     settings = make_settings(tmp_path / "data", directory, model={"device": "cpu", **choice})  # else config.yaml's
-    encoder = HFEncoder.from_settings(settings.model, cache_dir=settings.cache_dir)
+    encoder = HFEncoder.from_settings(settings.model)
     try:
         encoder.warm_up()
     except ClipSearchError as exc:  # int8 of a tiny random model may disagree: then it is refused, never used
-        assert path == "onnx-int8" and "no int8 ONNX text tower agrees" in str(exc)
+        assert path == "onnx-int8" and "no ONNX text tower agrees with fp32" in str(exc)
         return
     assert encoder.query_path == path or path == "default"
-    if path != "default":
-        assert len(_onnx_files(settings.cache_dir)) == 1  # in the collection's local cache: derived data
+    if path != "default":  # in the user's cache, shared by every collection on the machine, not in the data dir
+        assert Path(encoder._query_encoder().source).is_relative_to(user_cache)
+        assert not (settings.cache_dir / "onnx").exists()
     assert len(VARIED_QUERIES) == 200
     fast, exact = encoder.encode_text(TEXTS), _exact_vectors(directory)
     assert np.sum(fast * exact, axis=1).min() >= 0.999
@@ -108,13 +111,15 @@ def test_each_query_path_keeps_cosine_to_fp32_and_leaves_images_exact(model, pat
 
 def test_auto_times_every_agreeing_path_and_keeps_the_fastest(tmp_path, tiny_model_dir, caplog, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))  # no choice remembered yet
-    caplog.set_level(logging.INFO, logger="clip_search.query_choice")
-    encoder = HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path)
+    caplog.set_level(logging.INFO)
+    encoder = _auto(tiny_model_dir, tmp_path)
     encoder.warm_up()
+    assert any("quantized the ONNX text tower to int8" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.name == "root"]  # ONNX Runtime's quantizer talks a line per tensor
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("text query paths on this CPU")]
     timed = dict(re.findall(r"([a-z0-9-]+) ([0-9.]+) ms", line.split(": ", 1)[1].split(";")[0]))
     assert {"fp32", "onnx-fp32"} <= set(timed)  # the fp32 paths always agree; the int8 ones where their probes do
-    assert encoder.query_path == min(timed, key=lambda name: float(timed[name]))
+    assert float(timed[encoder.query_path]) == min(float(ms) for ms in timed.values())  # as logged, rounded
     assert line.endswith(f"fastest: {encoder.query_path}")
 
 
@@ -142,7 +147,58 @@ def test_the_choice_is_remembered_so_every_process_on_the_machine_takes_the_same
     assert '"chosen"' in record.read_text()
 
 
-def test_the_engine_searches_through_the_onnx_tower_in_its_data_dir(tmp_path, tiny_model_dir):
+def _auto(directory: Path, towers: Path) -> HFEncoder:
+    """An encoder with the shipped defaults: every runtime and precision may compete."""
+    return HFEncoder(str(directory), device="cpu", query_runtime="auto", query_quantize="auto", cache_dir=towers)
+
+
+def _remember(user_cache: Path, chosen: str) -> Path:
+    """Rewrites this machine's one query path record as if ``chosen`` had been measured fastest."""
+    (record,) = (user_cache / "clip-search").glob("query-path-*.json")
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "chosen": chosen}))
+    return record
+
+
+@pytest.mark.parametrize("chosen", ["int8", "onnx-fp32", "onnx-int8"])
+def test_a_later_process_builds_only_the_path_chosen_before(chosen, tmp_path, tiny_model_dir, caplog, monkeypatch):
+    """No ONNX export where torch won; the int8 ONNX tower loads from its file without the fp32 one; no timing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    _auto(tiny_model_dir, tmp_path / "towers").warm_up()
+    _remember(tmp_path / "user-cache", chosen)
+    towers = tmp_path / ("towers" if chosen.startswith("onnx") else "none-yet")
+    if chosen == "onnx-int8":
+        for fp32 in _onnx_files(towers):
+            fp32.unlink()  # only the int8 copy is left
+    caplog.set_level(logging.INFO)
+    again = _auto(tiny_model_dir, towers)
+    assert again.query_path == chosen
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "exported the text tower" in m or "quantized the ONNX" in m]
+    assert not [m for m in messages if m.startswith("text query paths on this CPU")]
+    assert not [m for m in messages if "torch int8 text queries left out" in m]
+    if not chosen.startswith("onnx"):
+        assert not towers.exists()  # nothing exported
+    assert _min_cosine(again, VARIED_QUERIES[:20]) >= 0.999
+
+
+def test_a_choice_that_cannot_serve_now_is_measured_again(tmp_path, tiny_model_dir, caplog, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    _auto(tiny_model_dir, tmp_path / "towers").warm_up()
+    record = _remember(tmp_path / "user-cache", "onnx-int8")
+    blocker = tmp_path / "not-a-folder"  # an unwritable cache: the fp32 tower lives in memory, no int8 copy
+    blocker.write_text("a file where the cache folder should be")
+    caplog.set_level(logging.INFO)
+    again = _auto(tiny_model_dir, blocker)
+    assert again.query_path != "onnx-int8"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("the query path onnx-int8 chosen before cannot serve now" in m for m in messages)
+    assert any(m.startswith("text query paths on this CPU") for m in messages)
+    assert json.loads(record.read_text())["chosen"] == again.query_path  # remembered anew
+
+
+def test_the_engine_searches_through_the_onnx_tower_in_the_user_cache(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     settings = make_settings(
         tmp_path / "data", tiny_model_dir, model={"query_runtime": "onnx", "query_quantize": "none"}
     )
@@ -150,7 +206,8 @@ def test_the_engine_searches_through_the_onnx_tower_in_its_data_dir(tmp_path, ti
         engine.add_image(_png("red"), source="red.png")
         assert engine.search_text("a red picture", k=1)[0].source == "red.png"
         assert engine.encoder.query_path == "onnx-fp32"
-    assert len(_onnx_files(settings.cache_dir)) == 1
+    assert len(_onnx_files(tmp_path / "user-cache" / "clip-search")) == 1
+    assert not (settings.cache_dir / "onnx").exists()  # derived from the model, not from the collection
 
 
 def test_a_restart_loads_the_cached_tower_without_exporting_again(tmp_path, tiny_model_dir, caplog):

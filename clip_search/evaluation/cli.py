@@ -28,7 +28,7 @@ def encoder_from_settings(settings: Any) -> Any:
     """The engine's encoder, built from settings without opening a collection."""
     from clip_search.encoder import HFEncoder
 
-    return HFEncoder.from_settings(settings.model, cache_dir=settings.cache_dir)
+    return HFEncoder.from_settings(settings.model)
 
 
 def parse_ks(text: str) -> list[int]:
