@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # children
     ctx = Context(plan, args.model or base_model(args.work), args.work)
     done = ctx.resume() if args.resume else set()
+    if args.only and args.readme and not done:
+        # The table is written from the rows of this run: with nothing to keep, --only would drop the other figures.
+        parser.error(f"--only with --readme needs --resume and the rows of an earlier run of this plan in {ctx.saved}")
     for figure in FIGURES:
         if args.only:  # measured again, whatever was saved
             if figure.__name__ not in args.only:

@@ -59,3 +59,18 @@ def test_quick_run_measures_every_figure_and_writes_the_table(tmp_path: Path, ti
         assert cells[-1] == "to be measured"  # no GPU on these machines
     text = readme.read_text()
     assert "\nold\n" not in text and table in text and text.endswith("\n\nrest\n")
+
+
+def test_only_some_figures_into_the_readme_needs_the_rest_saved(tmp_path: Path, tiny_model_dir: Path):
+    """``--only`` rewrites the README's table from this run's rows: with no earlier rows of the same plan to keep,
+    it would silently drop every other figure, so it is refused and the README left as it was."""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmarks/run.py: begin -->\nall figures\n<!-- benchmarks/run.py: end -->\n")
+    command = [sys.executable, "benchmarks/run.py", "--quick", "--model", str(tiny_model_dir), "--only", "ivf"]
+    command += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.md"), "--readme", str(readme)]
+    for extra in ([], ["--resume"]):
+        done = subprocess.run(command + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2
+        assert "--only with --readme needs --resume and the rows of an earlier run" in done.stderr
+    assert "all figures" in readme.read_text()
+    assert not (tmp_path / "out.md").exists()
