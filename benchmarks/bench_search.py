@@ -5,7 +5,8 @@
 The floor is one pass over the same N x dim float32 array (``np.max``, split over as many threads as the scan
 uses), measured in each round beside the scans, so ratios hold on a shared, noisy machine; both sides take their
 fastest run. A ratio is floor / time: 1.0 means the scan reads the vectors as fast as the memory delivers them.
-A batch of 32 also gets a compute floor (its matrix product on cache-resident rows, one core). Vectors are
+A batch of 32 also gets a compute floor (its matrix product on cache-resident rows, one core), in bfloat16 where
+batches go through the bfloat16 copy (``index.batch_scan``; the float32 batch is printed beside it). Vectors are
 clustered unit vectors (``clip_search.synthetic``) held by the real ``FlatIndex``. Also prints FAISS's own
 ``IndexFlatIP`` scan over the same storage, and the throughput of ``--clients`` threads searching at once, as the
 app's visitors do.
@@ -19,7 +20,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
+from clip_search.collection import bf16_scan
 from clip_search.collection.scan import search_threads, set_search_threads
 from clip_search.collection.vector_index import FlatIndex
 from clip_search.synthetic import clustered_vectors
@@ -91,6 +94,16 @@ def compute_floor_s(vectors: np.ndarray, queries: np.ndarray) -> float:
         set_search_threads(previous)
 
 
+def bf16_compute_floor_s(vectors: np.ndarray, queries: np.ndarray) -> float:
+    """The same as :func:`compute_floor_s` for the bfloat16 product a batch runs through the copy
+    (``clip_search.collection.bf16_scan``), on one of the scan's own one-thread workers."""
+    rows = 512
+    block = torch.from_numpy(np.ascontiguousarray(vectors[:rows])).bfloat16()
+    by_query = torch.from_numpy(np.ascontiguousarray(queries.T)).bfloat16()
+    repeats = -(-len(vectors) // rows)
+    return bf16_scan._executor().submit(best_s, lambda: [block @ by_query for _ in range(repeats)]).result()
+
+
 def scan_round(
     index: FlatIndex,
     queries: np.ndarray,
@@ -105,8 +118,10 @@ def scan_round(
     machine only ever slows a run down."""
     vectors = index._vectors()
     batch, alone = queries[:BATCH], [q[None] for q in queries[:single]]
-    out: dict = {"compute_floor_s": compute_floor_s(vectors, batch)}
-    for key in ("floor_s", "single_s", "batch_s", "faiss_single_s", "faiss_batch_s"):
+    out: dict = {"compute_floor_s": compute_floor_s(vectors, batch), "bf16": bf16_scan.batches_use_bf16()}
+    if out["bf16"]:
+        out["bf16_compute_floor_s"] = bf16_compute_floor_s(vectors, batch)
+    for key in ("floor_s", "single_s", "batch_s", "fp32_batch_s", "faiss_single_s", "faiss_batch_s"):
         out[key] = {}
     previous = search_threads()
     try:
@@ -115,6 +130,10 @@ def scan_round(
             set_search_threads(count)
             out["single_s"][count] = fastest_s(lambda q: index.search(q, K), alone)
             out["batch_s"][count] = best_s(lambda: index.search(batch, K))
+            if out["bf16"]:
+                bf16_scan.set_batch_scan("fp32")
+                out["fp32_batch_s"][count] = best_s(lambda: index.search(batch, K), repeat=1)
+                bf16_scan.set_batch_scan("auto")
             if with_faiss:
                 out["faiss_single_s"][count] = fastest_s(lambda q: index._index.search(q, K), alone[:5])
                 out["faiss_batch_s"][count] = best_s(lambda: index._index.search(batch, K), repeat=1)
@@ -137,8 +156,10 @@ def visitors_per_s(index: FlatIndex, queries: np.ndarray, clients: int, threads:
 
 
 def _print_round(n: int, r: dict) -> None:
-    flops = r["compute_floor_s"]
-    cells = [f"N={n:,}: compute floor of a batch on 1 core {flops * 1e3:.1f} ms"]
+    flops = r.get("bf16_compute_floor_s", r["compute_floor_s"])
+    cells = [f"N={n:,}: compute floor of a batch on 1 core {r['compute_floor_s'] * 1e3:.1f} ms in float32"]
+    if r["bf16"]:
+        cells[0] += f", {flops * 1e3:.1f} ms in bfloat16 (batches go through the bfloat16 copy)"
     for count, single in r["single_s"].items():
         floor, batch = r["floor_s"][count], r["batch_s"][count]
         cells.append(
@@ -147,6 +168,8 @@ def _print_round(n: int, r: dict) -> None:
             f"batch of {BATCH} {batch * 1e3:.1f} ms ({floor / batch:.2f}x the bandwidth floor, "
             f"{flops / batch:.2f}x the compute floor)"
         )
+        if count in r["fp32_batch_s"]:
+            cells[-1] += f", float32 batch {r['fp32_batch_s'][count] * 1e3:.1f} ms"
         if count in r["faiss_single_s"]:
             cells.append(
                 f"FAISS {count} thr: {r['faiss_single_s'][count] * 1e3:.1f} / {r['faiss_batch_s'][count] * 1e3:.1f} ms"

@@ -189,10 +189,13 @@ def scans(ctx: Context) -> None:
                 f"{one[threads] * 1e3:.1f} ms, floor {floor[threads] * 1e3:.1f} ms ({threads} thread; "
                 f"{other} threads: {floor[other] / one[other]:.2f}x, {one[other] * 1e3:.1f} ms)",
             )
+            kind = "bfloat16" if r["bf16"] else "float32"
+            compute = r.get("bf16_compute_floor_s", r["compute_floor_s"])
+            straight = f", float32 {r['fp32_batch_s'][threads] * 1e3:.0f} ms" if r["bf16"] else ""
             batch.add(
                 floor[threads] / many[threads],
-                f"{many[threads] * 1e3:.0f} ms = {r['compute_floor_s'] / many[threads]:.2f}x the compute floor "
-                f"of 1 core ({threads} thread; {other} threads: {floor[other] / many[other]:.2f}x, "
+                f"{many[threads] * 1e3:.0f} ms = {compute / many[threads]:.2f}x the {kind} compute floor of 1 core"
+                f"{straight} ({threads} thread; {other} threads: {floor[other] / many[other]:.2f}x, "
                 f"{many[other] * 1e3:.0f} ms)",
             )
         del index

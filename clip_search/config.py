@@ -47,6 +47,7 @@ class IndexSettings(_Section):
     retrain_growth: float = Field(4.0, gt=1)
     # faiss_threads: its name until the flat scan stopped being FAISS's (a config.yaml of before still loads)
     search_threads: int = Field(1, ge=0, validation_alias=AliasChoices("search_threads", "faiss_threads"))
+    batch_scan: Literal["auto", "bf16", "fp32"] = "auto"
 
 
 class CollectionSettings(_Section):

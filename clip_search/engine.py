@@ -26,6 +26,7 @@ from PIL import Image
 
 from clip_search.adding import AddResult, PreparedImage, duplicate_result, too_large
 from clip_search.collection import Collection, ImageRecord, NewImage
+from clip_search.collection.bf16_scan import set_batch_scan
 from clip_search.collection.location import open_collection
 from clip_search.collection.migrate import migrate_legacy
 from clip_search.collection.scan import set_search_threads
@@ -164,6 +165,7 @@ class SearchEngine:
         self.store = store or make_store(settings)
         self.store.check()
         set_search_threads(settings.index.search_threads)
+        set_batch_scan(settings.index.batch_scan)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.collection: Collection = open_collection(settings, model=self.encoder.name)
         migrate_legacy(settings, self.collection, self.store)

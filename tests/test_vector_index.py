@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from clip_search.collection.bf16_scan import set_batch_scan
 from clip_search.collection.scan import BLOCK_ROWS, search_threads, set_search_threads
 from clip_search.collection.vector_index import (
     FlatIndex,
@@ -200,6 +201,14 @@ def threads(request):
     set_search_threads(before)
 
 
+@pytest.fixture
+def batch_scan(request):
+    """Scan batches this way ("fp32" straight, "bf16" through the bfloat16 copy), then put the setting back."""
+    set_batch_scan(request.param)
+    yield request.param
+    set_batch_scan("auto")
+
+
 def faiss_exact(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) from FAISS's IndexFlatIP over a copy of ``vectors``: the reference the scan must equal."""
     reference = faiss.IndexFlatIP(vectors.shape[1])
@@ -232,9 +241,10 @@ def many() -> dict:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("batch_scan", ["fp32", "bf16"], indirect=True)
 @pytest.mark.parametrize("nq", [1, 7, 32, 64])
 @pytest.mark.parametrize("k", [1, 10, 250])
-def test_flat_scan_equals_faiss_exact_search(many, threads, nq, k):
+def test_flat_scan_equals_faiss_exact_search(many, threads, batch_scan, nq, k):
     queries = many["queries"][:nq]
     scores, found = many["index"].search(queries, k)
     want_scores, rows = faiss_exact(many["vectors"], queries, k)
@@ -243,7 +253,8 @@ def test_flat_scan_equals_faiss_exact_search(many, threads, nq, k):
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
-def test_flat_scan_when_every_block_beats_the_last(threads):
+@pytest.mark.parametrize("batch_scan", ["fp32", "bf16"], indirect=True)
+def test_flat_scan_when_every_block_beats_the_last(threads, batch_scan):
     """Rows sorted from worst to best for the first query: each block replaces the k best found so far."""
     vectors = clustered(3 * BLOCK_ROWS, 16, 10, seed=5)
     queries = clustered(8, 16, 10, seed=6)
@@ -278,7 +289,8 @@ def test_flat_scan_k_beyond_the_collection_empty_and_one_row(threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
-def test_flat_scan_a_query_without_numbers_finds_nothing(many, threads):
+@pytest.mark.parametrize("batch_scan", ["fp32", "bf16"], indirect=True)
+def test_flat_scan_a_query_without_numbers_finds_nothing(many, threads, batch_scan):
     queries = many["queries"][:3].copy()
     queries[1, 5] = np.nan
     scores, found = many["index"].search(queries, 4)
@@ -290,7 +302,8 @@ def test_flat_scan_a_query_without_numbers_finds_nothing(many, threads):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("share", [0.6, 0.05])  # scanned in place with a mask / gathered
 @pytest.mark.parametrize("nq", [1, 32])
-def test_flat_scan_allowed_equals_faiss_over_the_allowed_rows(many, threads, share, nq):
+@pytest.mark.parametrize("batch_scan", ["fp32", "bf16"], indirect=True)
+def test_flat_scan_allowed_equals_faiss_over_the_allowed_rows(many, threads, share, nq, batch_scan):
     rng = np.random.default_rng(8)
     rows = np.sort(rng.choice(len(many["ids"]), int(len(many["ids"]) * share), replace=False))
     queries = many["queries"][:nq]

@@ -6,7 +6,7 @@ product for a batch), and only the scores above each query's running k-th best l
 top k costs a comparison per score, not a sort. One query is bound by memory bandwidth. A batch reads the rows
 once for all its queries, but 32 queries do 16 flops per byte read, more than a CPU core computes at memory
 speed: a batch is bound by the floating-point rate (a few passes' time for 32 answers; benchmarks/bench_search.py
-measures both floors).
+measures both floors). Where bfloat16 is faster, the flat index sends batches to :mod:`.bf16_scan` instead.
 
 Threads: :func:`set_search_threads` sets how many parts a scan is split into (each part on its own core, with
 numpy's BLAS kept to one thread so that parts and concurrent searches never oversubscribe the cores) and FAISS's
@@ -124,7 +124,7 @@ def _scan_rows(
         if np.isneginf(kth).any():  # some query holds fewer than k: take the block's own top k for every query
             row, query = _block_top(scores, k)
         else:
-            row, query = _above(scores, kth)
+            row, query = above(scores, kth)
         if len(row):
             best_scores, best_rows = _merge(best_scores, best_rows, scores[row, query], row + at, query)
         at += len(block)
@@ -132,9 +132,9 @@ def _scan_rows(
     return best_scores, best_rows
 
 
-def _above(scores: np.ndarray, kth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, query) of the scores above their query's k-th best. Few are: the rows holding one are found from
-    the comparison's bytes read 8 at a time, and only those rows are looked at one by one."""
+def above(scores: np.ndarray, kth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, query) of the scores above their query's bar (its k-th best so far). Few are: the rows holding one
+    are found from the comparison's bytes read 8 at a time, and only those rows are looked at one by one."""
     hits = scores > kth
     if hits.shape[1] % 8:
         return np.nonzero(hits)

@@ -37,6 +37,8 @@ from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
+from clip_search.collection import bf16_scan
+from clip_search.collection.bf16_scan import Bf16Copy
 from clip_search.collection.cells import MIN_ROWS as CELLS_MIN_ROWS
 from clip_search.collection.cells import Cells
 from clip_search.collection.scan import scan_topk
@@ -177,7 +179,9 @@ class FlatIndex(VectorIndex):
     scanned by :func:`~clip_search.collection.scan.scan_topk` over the same array: one pass over the vectors per
     batch, through numpy's BLAS. FAISS's own scan was ~2x slower for one query and 2-5x (1 thread) to 10x (2
     threads) for a batch of 32 on the development machine, whose CPU the OpenBLAS 0.3.15 inside the faiss-cpu
-    1.15.1 wheel does not know: it runs its generic "Prescott" kernels (benchmarks/bench_search.py).
+    1.15.1 wheel does not know: it runs its generic "Prescott" kernels (benchmarks/bench_search.py). A batch goes
+    through a bfloat16 copy of the rows where that is faster (:mod:`~clip_search.collection.bf16_scan`: the same
+    results; the copy is made by the first batch over :data:`~clip_search.collection.bf16_scan.MIN_ROWS` rows).
     """
 
     kind = "flat"
@@ -191,6 +195,7 @@ class FlatIndex(VectorIndex):
         self._ids = np.empty(0, dtype=np.int64)
         self._cells: Cells | None = None  # for the near-duplicate check (see clip_search.collection.cells)
         self._removals = 0  # bumped by every removal: a cells build over the rows before it is stale
+        self._bf16: Bf16Copy | None = None  # made by the first batch that gains from it (see bf16_scan)
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -237,6 +242,8 @@ class FlatIndex(VectorIndex):
         self._removals += 1
         if self._cells is not None:
             self._cells.move(holes, movers, keep)
+        if self._bf16 is not None:
+            self._bf16.move(holes, movers, keep)
         self._show(keep)
         return len(gone)
 
@@ -256,8 +263,21 @@ class FlatIndex(VectorIndex):
         k = min(int(k), len(self))
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
-        scores, rows = scan_topk(self._vectors(), queries, k)
+        scores, rows = self._scan(queries, k)
         return scores, self._id_of(rows)
+
+    def _scan(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One query in float32; a batch through the bfloat16 copy where that is faster (same results)."""
+        if len(queries) > 1 and len(self) >= bf16_scan.MIN_ROWS and bf16_scan.batches_use_bf16():
+            if self._bf16 is None:
+                self._bf16 = bf16_scan.Bf16Copy(self.dim)
+                log.info(
+                    "batches scan a bfloat16 copy of the %d vectors (%.0f MB more)",
+                    len(self),
+                    len(self) * self.dim / 2**19,
+                )
+            return bf16_scan.scan_topk_bf16(self._bf16, self._vectors(), queries, k, mask=mask)
+        return scan_topk(self._vectors(), queries, k, mask=mask)
 
     def _search_without(self, queries: np.ndarray, k: int, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k leaving ``blocked`` out: the top k + len(blocked) with them dropped. A scan's partition costs
@@ -280,7 +300,7 @@ class FlatIndex(VectorIndex):
         if k <= 0 or not len(queries):
             return _empty(len(queries), max(k, 0))
         if count * 4 > len(mask):
-            scores, found = scan_topk(self._vectors(), queries, k, mask=mask)
+            scores, found = self._scan(queries, k, mask)
             return scores, self._id_of(found)
         rows = np.flatnonzero(mask)
         scores, found = scan_topk(self._vectors()[rows], queries, k)
