@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -149,3 +150,22 @@ def test_a_batch_leaves_torch_threads_of_other_threads_alone(bf16_batches):
         set_search_threads(1)
     assert index._bf16 is not None
     assert torch.get_num_threads() == before and in_a_new_thread() == before_new
+
+
+def test_concurrent_first_batches_agree_with_faiss(bf16_batches):
+    """Several threads' first batches at once: the copy is made and extended once per call under its lock."""
+    vectors = clustered(45_000, 32, 40, seed=12)
+    queries = clustered(64, 32, 40, seed=13)
+    index = FlatIndex(32)
+    index.add(np.arange(40_000), vectors[:40_000])
+    want_scores, want_rows = faiss_exact(vectors[:40_000], queries, 10)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda part: index.search(queries[part::4], 10), range(4)))
+    for part, (scores, found) in enumerate(results):
+        assert_same_top(scores, found, want_scores[part::4], want_rows[part::4])
+    index.add(np.arange(40_000, 45_000), vectors[40_000:])
+    want_scores, want_rows = faiss_exact(vectors, queries, 10)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda part: index.search(queries[part::4], 10), range(4)))
+    for part, (scores, found) in enumerate(results):
+        assert_same_top(scores, found, want_scores[part::4], want_rows[part::4])
