@@ -15,6 +15,7 @@ Default model: the base-architecture random SigLIP (``python -m clip_search.test
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -80,6 +81,7 @@ def main() -> None:
         paths.update(_onnx_towers(encoder, work))
     else:
         print("onnxruntime or onnx is not installed: ONNX paths skipped (pip install -r requirements.txt)")
+    os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # its choice is remembered there, not in the user's cache
     default = HFEncoder(args.model, device="cpu", query_runtime="auto", query_quantize="auto", cache_dir=work)
     print(f"the default (model.query_runtime: auto) on this machine: {default.query_path}", flush=True)
     del default

@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**{**plan.__dict__, "rounds": args.rounds})
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # children
+    # The random model's ONNX towers (~430 MB) and query path choice stay under --work, not in the user's cache.
+    os.environ["XDG_CACHE_HOME"] = str(args.work / "cache")
     ctx = Context(plan, args.model or base_model(args.work), args.work)
     done = ctx.resume() if args.resume else set()
     if args.only and args.readme and not done:

@@ -59,6 +59,8 @@ def test_quick_run_measures_every_figure_and_writes_the_table(tmp_path: Path, ti
         assert cells[-1] == "to be measured"  # no GPU on these machines
     text = readme.read_text()
     assert "\nold\n" not in text and table in text and text.endswith("\n\nrest\n")
+    # The random model's towers and query path choice stay under --work, out of the user's cache.
+    assert list((tmp_path / "work" / "cache" / "clip-search").glob("query-path-*.json"))
 
 
 def test_only_some_figures_into_the_readme_needs_the_rest_saved(tmp_path: Path, tiny_model_dir: Path):
