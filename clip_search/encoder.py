@@ -269,9 +269,7 @@ class HFEncoder:
         allowed = paths.allowed(onnx_text.onnx_available())
         if len(allowed) == 1:
             built = paths.build(allowed[0])
-            if built is None and self.query_runtime == "onnx":
-                raise paths.none_serves()
-            return model if built is None else built
+            return paths.fallback() if built is None else built
         return self._remembered_or_fastest(paths, allowed)
 
     def _remembered_or_fastest(self, paths: QueryPaths, allowed: list[str]) -> Any:
@@ -291,9 +289,7 @@ class HFEncoder:
         built = {name: paths.build(name) for name in allowed}
         candidates = {name: path for name, path in built.items() if path is not None}
         if not candidates:
-            if self.query_runtime == "onnx":
-                raise paths.none_serves()
-            return self._model
+            return paths.fallback()
         probe = [PROBE_QUERIES[0]]
 
         def seconds(candidate: Any) -> float:

@@ -103,8 +103,11 @@ class QueryPaths:
         """The lowest cosine between the probe queries' vectors through ``path`` and through torch fp32."""
         return float(np.min(np.sum(self.exact() * self.encode(path, list(PROBE_QUERIES)), axis=1)))
 
-    def none_serves(self) -> ClipSearchError:
-        return ClipSearchError("model.query_runtime is onnx but no ONNX text tower agrees with fp32")
+    def fallback(self) -> Any:
+        """What serves when no allowed path can: torch fp32, unless ``runtime`` is onnx, which asked for ONNX alone."""
+        if self.runtime == "onnx":
+            raise ClipSearchError("model.query_runtime is onnx but no ONNX text tower agrees with fp32")
+        return self.model
 
     def _torch_int8(self) -> Any | None:
         clone = quantized_text_clone(self.model)
