@@ -273,19 +273,31 @@ class HFEncoder:
         return self._remembered_or_fastest(paths, allowed)
 
     def _remembered_or_fastest(self, paths: QueryPaths, allowed: list[str]) -> Any:
-        """The path this machine chose before among ``allowed``, built alone; else every allowed path that agrees
-        with fp32, timed (median of 5 one-query encodes after a warm-up call), the fastest remembered."""
+        """The path this machine chose before among ``allowed``, built alone; else the fastest, measured here while
+        other processes starting on the machine wait for it (:func:`clip_search.query_choice.choosing`)."""
         from clip_search import onnx_text, query_choice
 
         record = query_choice.record_path(
             onnx_text.default_cache_dir(), model=self.name, names=allowed, threads=paths.threads
         )
-        remembered = query_choice.remembered(record, allowed)
-        if remembered is not None:
-            built = paths.build(remembered)
-            if built is not None:
-                return built
-            log.warning("the query path %s chosen before cannot serve now: measuring every path again", remembered)
+        chosen = query_choice.remembered(record, allowed)
+        if chosen is None:
+            with query_choice.choosing(record):
+                chosen = query_choice.remembered(record, allowed)  # by another process, while this one waited
+                if chosen is None:
+                    return self._fastest(paths, allowed, record)
+        built = paths.build(chosen)
+        if built is not None:
+            return built
+        log.warning("the query path %s chosen before cannot serve now: measuring every path again", chosen)
+        with query_choice.choosing(record):
+            return self._fastest(paths, allowed, record)
+
+    def _fastest(self, paths: QueryPaths, allowed: list[str], record: Path) -> Any:
+        """Every allowed path that agrees with fp32, timed (median of 5 one-query encodes after a warm-up call);
+        the fastest serves and is remembered in ``record``."""
+        from clip_search import query_choice
+
         built = {name: paths.build(name) for name in allowed}
         candidates = {name: path for name, path in built.items() if path is not None}
         if not candidates:

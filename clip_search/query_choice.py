@@ -7,18 +7,20 @@ on a noisy moment, and the paths' vectors differ in the 4th decimal: two near-ti
 between them. So the first measurement is written to the user's cache (``$XDG_CACHE_HOME/clip-search``, beside no
 collection: it is a fact about the machine, and survives a wiped data_dir), keyed by the model, the candidates,
 the CPU and the thread count, and every later process on that machine takes the same path, building that path
-alone (no ONNX export where torch won). Delete the file to measure again.
+alone (no ONNX export where torch won); processes starting at once wait for the one measuring
+(:func:`choosing`). Delete the file to measure again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,52 @@ def remembered(record: Path, allowed: Sequence[str]) -> str | None:
             "text queries: %s, as measured on this machine before (%s; delete it to measure again)", chosen, record
         )
     return chosen
+
+
+@contextlib.contextmanager
+def choosing(record: Path, *, wait_s: float = 600.0) -> Iterator[None]:
+    """Held while this process measures the paths, so that another one starting on the machine meanwhile (two
+    replicas, an app and its CLI) waits and takes this choice instead of measuring, and exporting, a second time.
+
+    A lock file beside ``record`` (flock: let go by the system if the process dies). Where there is none to take
+    (no fcntl, an unwritable cache) or after ``wait_s`` each process measures for itself, as before."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    handle = None
+    if fcntl is not None:
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(record.with_suffix(".lock"), "a")  # noqa: SIM115 - closed below, after the lock
+        except OSError:
+            handle = None
+    try:
+        if handle is not None and _lock(fcntl, handle, wait_s):
+            yield
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        else:
+            yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _lock(fcntl: Any, handle: Any, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                log.warning("text queries: waited %.0f s for another process's measurement; measuring here", wait_s)
+                return False
+            if not waiting:
+                log.info("text queries: another process on this machine is measuring the paths; waiting for it")
+                waiting = True
+            time.sleep(0.1)
 
 
 def fastest(

@@ -11,9 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import multiprocessing
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,6 +148,40 @@ def test_the_choice_is_remembered_so_every_process_on_the_machine_takes_the_same
     assert HFEncoder(str(tiny_model_dir), device="cpu", query_runtime="auto", cache_dir=tmp_path).query_path
     assert any(r.getMessage().startswith("text query paths on this CPU") for r in caplog.records)
     assert '"chosen"' in record.read_text()
+
+
+def _start_at_once(directory: str, towers: str, cache: str, start: Any, results: Any) -> None:
+    """A process starting on a fresh machine: loads the model, waits for the other, then chooses its query path."""
+    os.environ["XDG_CACHE_HOME"] = cache
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("clip_search").addHandler(handler)
+    logging.getLogger("clip_search").setLevel(logging.INFO)
+    encoder = HFEncoder(directory, device="cpu", query_runtime="auto", query_quantize="auto", cache_dir=towers)
+    encoder.load()
+    start.wait(timeout=120)
+    path = encoder.query_path
+    results.put((path, sum(m.startswith("text query paths on this CPU") for m in messages)))
+
+
+def test_processes_starting_at_once_measure_once_and_take_the_same_path(tmp_path, tiny_model_dir):
+    """Two replicas starting together on a fresh machine: one measures (and exports) while the other waits for
+    its choice, so both rank alike and the work is done once."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    cache = tmp_path / "user-cache"
+    args = (str(tiny_model_dir), str(tmp_path / "towers"), str(cache), start, results)
+    processes = [context.Process(target=_start_at_once, args=args) for _ in range(2)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert outcomes[0][0] == outcomes[1][0]
+    assert sorted(measured for _, measured in outcomes) == [0, 1]
+    assert len(list((cache / "clip-search").glob("query-path-*.json"))) == 1
 
 
 def _auto(directory: Path, towers: Path) -> HFEncoder:
