@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +15,7 @@ from clip_search.collection import bf16_scan
 from clip_search.collection.bf16_scan import Bf16Copy, scan_topk_bf16, set_batch_scan
 from clip_search.collection.scan import search_threads, set_search_threads
 from clip_search.collection.vector_index import FlatIndex
+from tests.conftest import ROOT
 from tests.test_vector_index import assert_same_top, clustered, faiss_exact, unit
 
 
@@ -169,3 +172,16 @@ def test_concurrent_first_batches_agree_with_faiss(bf16_batches):
         results = list(pool.map(lambda part: index.search(queries[part::4], 10), range(4)))
     for part, (scores, found) in enumerate(results):
         assert_same_top(scores, found, want_scores[part::4], want_rows[part::4])
+
+
+def test_the_collection_loads_without_torch_until_a_batch_needs_it():
+    """The admin CLI and other users of the collection start without torch's second of imports."""
+    code = (
+        "import sys; import clip_search.cli_admin, clip_search.collection.vector_index as v; import numpy as np\n"
+        "assert 'torch' not in sys.modules, 'imported'\n"
+        "index = v.FlatIndex(8); index.add(np.arange(3), np.eye(3, 8, dtype=np.float32))\n"
+        "index.search(np.eye(2, 8), 2)  # a batch over a small collection: the float32 scan\n"
+        "assert 'torch' not in sys.modules, 'searched'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

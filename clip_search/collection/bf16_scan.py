@@ -25,12 +25,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from clip_search.collection.scan import BLOCK_ROWS, SEED_ROWS, above, search_threads
+
+if TYPE_CHECKING:
+    import torch  # imported where used: the collection's other users (the admin CLI) never load torch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ def batches_use_bf16() -> bool:
 def _bf16_measures_faster() -> bool:
     """A block of 32 scores, bfloat16 against float32, on one core each (a few tens of ms, once per process).
     CPUs without bfloat16 instructions emulate them at float32's speed or slower."""
+    import torch
+
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     rng = np.random.default_rng(0)
@@ -99,6 +103,8 @@ class Bf16Copy:
     keeps :meth:`move` apart from them."""
 
     def __init__(self, dim: int) -> None:
+        import torch
+
         self._rows = torch.empty((0, dim), dtype=torch.bfloat16)
         self.size = 0  # rows converted, each equal to the index's row of the same number
         self.residual = 0.0  # largest |x - x~| of a converted row
@@ -118,6 +124,8 @@ class Bf16Copy:
 
     def move(self, holes: np.ndarray, movers: np.ndarray, keep: int) -> None:
         """Rows ``movers`` went to ``holes`` and the index now holds ``keep`` rows (as FlatIndex.remove does)."""
+        import torch
+
         with self._lock:
             converted = movers < self.size
             self._rows[torch.from_numpy(holes[converted])] = self._rows[torch.from_numpy(movers[converted])]
@@ -125,6 +133,8 @@ class Bf16Copy:
             self.size = int(min(self.size, keep, stale.min() if len(stale) else keep))
 
     def _append(self, vectors: np.ndarray) -> None:
+        import torch
+
         need = self.size + len(vectors)
         if need > len(self._rows):
             grown = torch.empty((max(need, len(self._rows) + len(self._rows) // _GROWTH), vectors.shape[1]))
@@ -145,6 +155,8 @@ def scan_topk_bf16(
     copy: Bf16Copy, vectors: np.ndarray, queries: np.ndarray, k: int, *, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows), each (nq, k), best first: the same answer as ``scan.scan_topk`` (exact float32 scores)."""
+    import torch
+
     nq = len(queries)
     scores, rows = np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
     finite = np.isfinite(queries).all(axis=1)
@@ -264,6 +276,8 @@ def _top_k(scores: np.ndarray, row: np.ndarray, query: np.ndarray, nq: int, k: i
 def _one_thread() -> None:
     """Pool threads run their torch products on one core each: the scan splits the rows over the pool itself.
     OpenMP's team size is per thread; torch.set_num_threads would change every thread's (the encoder's too)."""
+    import torch
+
     torch.get_num_threads()  # torch sets this thread's OpenMP team size on its first call: set ours after it
     gomp = _openmp()
     if gomp is not None:
@@ -271,6 +285,8 @@ def _one_thread() -> None:
 
 
 def _openmp() -> ctypes.CDLL | None:
+    import torch
+
     found = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
     try:
         return ctypes.CDLL(found[0]) if found else ctypes.CDLL("libgomp.so.1")
