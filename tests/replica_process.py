@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,13 +25,14 @@ class Replica:
     REFRESH_S = 1.0  # the collection's refresh_s unless one is given
 
     def __init__(self, env: dict[str, str], refresh_s: float = REFRESH_S) -> None:
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close(); the log, shown if it dies
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.replica_process", str(refresh_s)],
             env=env,
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log,
             text=True,
         )
         assert self.read() == {"ready": True}
@@ -41,7 +43,9 @@ class Replica:
 
     def read(self) -> dict:
         line = self.proc.stdout.readline()
-        assert line, "the replica process died"
+        if not line:
+            self._log.seek(0)
+            raise AssertionError(f"the replica process died; its log ends:\n{self._log.read()[-4000:]}")
         return json.loads(line)
 
     def ask(self, **command: object) -> dict:
@@ -55,6 +59,7 @@ class Replica:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self._log.close()
 
 
 def main() -> None:
