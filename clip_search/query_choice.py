@@ -63,39 +63,44 @@ def choosing(record: Path, *, wait_s: float = 600.0) -> Iterator[None]:
 
     A lock file beside ``record`` (flock: let go by the system if the process dies). Where there is none to take
     (no fcntl, an unwritable cache) or after ``wait_s`` each process measures for itself, as before."""
+    handle = _lock_file(record)
     try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    handle = None
-    if fcntl is not None:
-        try:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(record.with_suffix(".lock"), "a")  # noqa: SIM115 - closed below, after the lock
-        except OSError:
-            handle = None
-    try:
-        if handle is not None and _lock(fcntl, handle, wait_s):
-            yield
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        else:
-            yield
+        if handle is not None:
+            _lock(handle, wait_s)
+        yield
     finally:
         if handle is not None:
-            handle.close()
+            handle.close()  # lets the lock go
 
 
-def _lock(fcntl: Any, handle: Any, wait_s: float) -> bool:
+def _lock_file(record: Path) -> Any:
+    """The lock file beside ``record``, open; None where there is no flock or the file cannot be made."""
+    try:
+        import fcntl  # noqa: F401 - POSIX only
+    except ImportError:
+        return None
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        return open(record.with_suffix(".lock"), "a")
+    except OSError:
+        return None
+
+
+def _lock(handle: Any, wait_s: float) -> None:
+    """Takes the lock on ``handle``, waiting up to ``wait_s`` for another process to let it go, then goes on
+    without it."""
+    import fcntl
+
     deadline = time.monotonic() + wait_s
     waiting = False
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            return
         except BlockingIOError:
             if time.monotonic() > deadline:
                 log.warning("text queries: waited %.0f s for another process's measurement; measuring here", wait_s)
-                return False
+                return
             if not waiting:
                 log.info("text queries: another process on this machine is measuring the paths; waiting for it")
                 waiting = True

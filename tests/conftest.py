@@ -127,3 +127,25 @@ def client(app):
     client = Client(app.url, verbose=False, download_files=False)
     yield client
     client.close()
+
+
+@pytest.fixture
+def threads(request):
+    """Run the test with this many search threads (indirect parameter), then put the setting back."""
+    from clip_search.collection.scan import search_threads, set_search_threads
+
+    before = search_threads()
+    set_search_threads(request.param)
+    yield request.param
+    set_search_threads(before)
+
+
+@pytest.fixture
+def batch_scan(request):
+    """Scan batches this way ("fp32" straight, "bf16" through the bfloat16 copy; indirect parameter), then put
+    the setting back."""
+    from clip_search.collection.bf16_scan import set_batch_scan
+
+    set_batch_scan(request.param)
+    yield request.param
+    set_batch_scan("auto")

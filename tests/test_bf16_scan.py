@@ -13,31 +13,20 @@ import torch
 
 from clip_search.collection import bf16_scan
 from clip_search.collection.bf16_scan import Bf16Copy, scan_topk_bf16, set_batch_scan
-from clip_search.collection.scan import search_threads, set_search_threads
+from clip_search.collection.scan import set_search_threads
 from clip_search.collection.vector_index import FlatIndex
 from tests.conftest import ROOT
 from tests.test_vector_index import assert_same_top, clustered, faiss_exact, unit
 
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = search_threads()
-    set_search_threads(request.param)
-    yield request.param
-    set_search_threads(before)
-
-
-@pytest.fixture
-def bf16_batches():
-    set_batch_scan("bf16")
-    yield
-    set_batch_scan("auto")
+BATCHES_IN_BF16 = pytest.mark.parametrize("batch_scan", ["bf16"], indirect=True)
+TWO_THREAD_COUNTS = pytest.mark.parametrize("threads", [1, 2], indirect=True)
 
 
 def exact_via_copy(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return scan_topk_bf16(Bf16Copy(vectors.shape[1]), vectors, queries, k)
 
 
+@TWO_THREAD_COUNTS
 def test_rows_bfloat16_cannot_tell_apart_rank_as_in_float32(threads):
     """Rows within 1e-3 of one another, below bfloat16's step of 4e-3 near 1 but far above float32's."""
     rng = np.random.default_rng(3)
@@ -53,6 +42,7 @@ def test_rows_bfloat16_cannot_tell_apart_rank_as_in_float32(threads):
     assert (bf16_rows != want_rows).any()  # bfloat16 alone ranks them wrong
 
 
+@TWO_THREAD_COUNTS
 def test_scores_near_zero_rank_as_in_float32(threads):
     """Text-to-image cosines are small (SigLIP: 0.05-0.2): there the rounding of the inputs, not of the output,
     is what bfloat16 gets wrong, and the bound must cover it."""
@@ -69,6 +59,7 @@ def test_scores_near_zero_rank_as_in_float32(threads):
     assert_same_top(scores, rows, want_scores, want_rows)
 
 
+@TWO_THREAD_COUNTS
 def test_vectors_of_any_length(threads):
     """The bound scales with the norms: rows from 0.01 to 100 long, queries likewise."""
     rng = np.random.default_rng(5)
@@ -93,7 +84,9 @@ def test_empty_one_row_and_k_beyond_the_rows():
     assert (rows[:, 9:] == -1).all()
 
 
-def test_the_copy_follows_adds_and_removals(bf16_batches, threads):
+@BATCHES_IN_BF16
+@TWO_THREAD_COUNTS
+def test_the_copy_follows_adds_and_removals(batch_scan, threads):
     rng = np.random.default_rng(9)
     vectors = clustered(50_000, 32, 50, seed=9)
     ids = rng.choice(10**12, size=len(vectors), replace=False).astype(np.int64)
@@ -132,7 +125,8 @@ def test_fp32_batches_and_single_queries_make_no_copy():
         set_batch_scan("fp16")  # type: ignore[arg-type]
 
 
-def test_a_batch_leaves_torch_threads_of_other_threads_alone(bf16_batches):
+@BATCHES_IN_BF16
+def test_a_batch_leaves_torch_threads_of_other_threads_alone(batch_scan):
     """The scan's workers run torch on one core each; the encoder's threads keep their own setting."""
 
     def in_a_new_thread() -> int:
@@ -155,7 +149,8 @@ def test_a_batch_leaves_torch_threads_of_other_threads_alone(bf16_batches):
     assert torch.get_num_threads() == before and in_a_new_thread() == before_new
 
 
-def test_concurrent_first_batches_agree_with_faiss(bf16_batches):
+@BATCHES_IN_BF16
+def test_concurrent_first_batches_agree_with_faiss(batch_scan):
     """Several threads' first batches at once: the copy is made and extended once per call under its lock."""
     vectors = clustered(45_000, 32, 40, seed=12)
     queries = clustered(64, 32, 40, seed=13)

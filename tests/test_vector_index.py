@@ -10,8 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from clip_search.collection.bf16_scan import set_batch_scan
-from clip_search.collection.scan import BLOCK_ROWS, search_threads, set_search_threads
+from clip_search.collection.scan import BLOCK_ROWS
 from clip_search.collection.vector_index import (
     FlatIndex,
     IVFIndex,
@@ -190,23 +189,6 @@ def test_wrong_shapes_are_refused():
 
 
 # -- the flat scan against FAISS's own exact search --------------------------------------------------------------
-
-
-@pytest.fixture
-def threads(request):
-    """Run the test with this many search threads, then put the setting back."""
-    before = search_threads()
-    set_search_threads(request.param)
-    yield request.param
-    set_search_threads(before)
-
-
-@pytest.fixture
-def batch_scan(request):
-    """Scan batches this way ("fp32" straight, "bf16" through the bfloat16 copy), then put the setting back."""
-    set_batch_scan(request.param)
-    yield request.param
-    set_batch_scan("auto")
 
 
 def faiss_exact(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

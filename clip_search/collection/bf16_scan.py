@@ -111,10 +111,6 @@ class Bf16Copy:
         self.norm = 0.0  # largest |x| or |x~| of a converted row
         self._lock = threading.Lock()
 
-    @property
-    def nbytes(self) -> int:
-        return self._rows.numel() * 2
-
     def synced(self, vectors: np.ndarray) -> tuple[torch.Tensor, float, float]:
         """(the copy of ``vectors``' rows, residual, norm), converting the rows added since the last call."""
         with self._lock:
@@ -175,7 +171,7 @@ def scan_topk_bf16(
     ]
     found = [future.result() for future in futures]
     approx, row, query = (np.concatenate([part[i] for part in found]) for i in range(3))
-    keep = approx >= _threshold(_kth_best(approx, query, len(queries), k), error)[query]
+    keep = approx >= _threshold(_kth_best(approx, row, query, len(queries), k), error)[query]
     exact = np.einsum("ij,ij->i", vectors[row[keep]], queries[query[keep]])
     scores[finite], rows[finite] = _top_k(exact, row[keep], query[keep], len(queries), k)
     return scores, rows
@@ -239,22 +235,16 @@ def _candidates(
         new_row, new_query = above(scores, _as_float32_below(_threshold(kth, error)))
         approx = np.concatenate([approx, scores[new_row, new_query]])
         row, query = np.concatenate([row, new_row + at]), np.concatenate([query, new_query])
-        kth = np.maximum(kth, _kth_best(approx, query, nq, k))
+        kth = np.maximum(kth, _kth_best(approx, row, query, nq, k))
         keep = approx >= _threshold(kth, error)[query]
         approx, row, query = approx[keep], row[keep], query[keep]
         at += len(block)
     return approx, row, query
 
 
-def _kth_best(scores: np.ndarray, query: np.ndarray, nq: int, k: int) -> np.ndarray:
+def _kth_best(scores: np.ndarray, row: np.ndarray, query: np.ndarray, nq: int, k: int) -> np.ndarray:
     """Per query, the k-th best of its ``scores`` (-inf for a query holding fewer than k)."""
-    order = np.lexsort((-scores, query))
-    counts = np.bincount(query, minlength=nq)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    kth = np.full(nq, -np.inf)
-    full = counts >= k
-    kth[full] = scores[order[starts[full] + k - 1]]
-    return kth
+    return _top_k(scores, row, query, nq, k)[0][:, k - 1].astype(np.float64)
 
 
 def _top_k(scores: np.ndarray, row: np.ndarray, query: np.ndarray, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
