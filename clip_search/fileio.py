@@ -51,13 +51,13 @@ def atomic_write_with(path: Path, body: Callable[[BinaryIO], None]) -> None:
 
 
 def remove_stale_temp_files(
-    folder: Path, *, older_than_s: float = 3600.0, unheld_after_s: float = 10.0, recursive: bool = False
+    folder: Path, *, older_than_s: float = 3600.0, unheld_after_s: float = 2.0, recursive: bool = False
 ) -> int:
     """Delete what :func:`atomic_write` left behind when a process died mid-write. Returns how many were removed.
 
     A file no writer holds (its lock died with its process) goes once it is ``unheld_after_s`` old, so the next
     open after a killed ingest cleans up; the short grace covers a writer between creating its file and locking
-    it. Where locks are unavailable, only files older than ``older_than_s`` go.
+    it (the next statement). Where locks are unavailable, only files older than ``older_than_s`` go.
     """
     if not folder.is_dir():
         return 0

@@ -141,6 +141,7 @@ def ingest_paths(
     finally:
         bar.close()
         report.seconds = time.perf_counter() - started
+    engine.store.remove_interrupted_writes()  # half-written files of an earlier run killed mid-put
     return report
 
 

@@ -178,6 +178,7 @@ def _run(
 ) -> IngestReport:
     from clip_search.collection.location import open_table
     from clip_search.encoder import model_signature
+    from clip_search.engine import make_store
     from clip_search.ingest import load_captions
 
     report = RayIngestReport()
@@ -204,6 +205,7 @@ def _run(
     finally:
         report.seconds = time.perf_counter() - started
         report.finish(time.time() - (time.perf_counter() - started))
+    make_store(settings).remove_interrupted_writes()  # half-written files of workers killed in an earlier run
     return report
 
 

@@ -68,6 +68,10 @@ class ImageStore(ABC):
     def check(self) -> None:
         """Raise :class:`StorageError` with advice if the store cannot be used; called at start-up."""
 
+    def remove_interrupted_writes(self) -> int:
+        """Clear what writers killed mid-put left behind; how many. Object stores put whole objects: nothing."""
+        return 0
+
     def describe(self) -> str:
         return self.kind
 
@@ -142,7 +146,10 @@ class LocalImageStore(ImageStore):
             raise StorageError(f"cannot create the image folder {self.root}: {exc.strerror or exc}") from exc
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"the image folder {self.root} is not writable")
-        remove_stale_temp_files(self.root, recursive=True)
+        self.remove_interrupted_writes()
+
+    def remove_interrupted_writes(self) -> int:
+        return remove_stale_temp_files(self.root, recursive=True)
 
     def describe(self) -> str:
         return f"local folder {self.root}"

@@ -131,6 +131,22 @@ def test_non_web_formats_are_stored_as_jpeg(engine: SearchEngine, tmp_path: Path
     assert Image.open(io.BytesIO(engine.store.get(key))).format == "JPEG"
 
 
+def test_an_ingest_clears_half_written_images_of_a_writer_killed_while_it_ran(engine: SearchEngine, tmp_path: Path):
+    root = engine.settings.local_image_dir
+    orphan = root / "ab" / ".abcd.jpg.x1y2z3.tmp"  # appears after the engine's open swept the folder
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"\xff\xd8 half a jpeg")
+    then = time.time() - 5  # its writer died a few seconds ago: no one holds it
+    os.utime(orphan, (then, then))
+    src = sorted((shared_data("coco-mini") / "val2017").glob("*.jpg"))[0]
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(src, folder / "a.jpg")
+    assert ingest_folder(engine, folder, progress=False).added == 1
+    assert not orphan.exists()
+    assert [p.name for p in root.rglob("*") if p.is_file()] == [Path(next(engine.store.list_keys())).name]
+
+
 def test_killed_ingest_resumes_to_exactly_the_full_set(cli_env: dict[str, str], tmp_path: Path):
     folder = shared_data("coco-mini") / "val2017"
     total = len(list(folder.glob("*.jpg")))
