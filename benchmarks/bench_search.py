@@ -6,7 +6,9 @@ The floor is one pass over the same N x dim float32 array (``np.max``, split ove
 uses), measured in each round beside the scans, so ratios hold on a shared, noisy machine; both sides take their
 fastest run. A ratio is floor / time: 1.0 means the scan reads the vectors as fast as the memory delivers them.
 A batch of 32 also gets a compute floor (its matrix product on cache-resident rows, one core), in bfloat16 where
-batches go through the bfloat16 copy (``index.batch_scan``; the float32 batch is printed beside it). Vectors are
+batches go through the bfloat16 copy (``index.batch_scan``; the float32 batch is printed beside it); then also, per
+thread count, the bfloat16 product alone streamed over the whole copy (the best a batch through it can do) and
+the product on cached rows on that many cores at once (how well the cores scale together). Vectors are
 clustered unit vectors (``clip_search.synthetic``) held by the real ``FlatIndex``. Also prints FAISS's own
 ``IndexFlatIP`` scan over the same storage, and the throughput of ``--clients`` threads searching at once, as the
 app's visitors do.
@@ -15,6 +17,7 @@ app's visitors do.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,14 +97,36 @@ def compute_floor_s(vectors: np.ndarray, queries: np.ndarray) -> float:
         set_search_threads(previous)
 
 
-def bf16_compute_floor_s(vectors: np.ndarray, queries: np.ndarray) -> float:
+def bf16_compute_floor_s(vectors: np.ndarray, queries: np.ndarray, threads: int = 1) -> float:
     """The same as :func:`compute_floor_s` for the bfloat16 product a batch runs through the copy
-    (``clip_search.collection.bf16_scan``), on one of the scan's own one-thread workers."""
+    (``clip_search.collection.bf16_scan``), on ``threads`` of the scan's own one-thread workers at once, each
+    doing its share of the rows: what the cores can compute together (two vCPUs may share more than memory)."""
     rows = 512
     block = torch.from_numpy(np.ascontiguousarray(vectors[:rows])).bfloat16()
     by_query = torch.from_numpy(np.ascontiguousarray(queries.T)).bfloat16()
-    repeats = -(-len(vectors) // rows)
-    return bf16_scan._executor().submit(best_s, lambda: [block @ by_query for _ in range(repeats)]).result()
+    repeats = -(-len(vectors) // (rows * threads))
+    return _on_workers(lambda: [block @ by_query for _ in range(repeats)], threads)
+
+
+def bf16_product_s(index: FlatIndex, queries: np.ndarray, threads: int = 1) -> float:
+    """Seconds of the bfloat16 product alone over the index's whole copy, streamed from memory block by block and
+    split over ``threads`` workers, with no selection: the floor of a batch through the copy."""
+    rows, _, _ = index._bf16.synced(index._vectors())
+    by_query = torch.from_numpy(np.ascontiguousarray(queries.T)).bfloat16()
+    edges = np.linspace(0, len(rows), threads + 1).astype(int)
+
+    def part(a: int, b: int) -> None:
+        for start in range(a, b, bf16_scan.BLOCK):
+            rows[start : min(start + bf16_scan.BLOCK, b)] @ by_query
+
+    pool = bf16_scan._executor()
+    return best_s(lambda: [f.result() for f in [pool.submit(part, a, b) for a, b in itertools.pairwise(edges)]])
+
+
+def _on_workers(fn: Callable[[], object], threads: int) -> float:
+    """Fastest time of ``fn`` run on ``threads`` of the scan's workers at once (all started together)."""
+    pool = bf16_scan._executor()
+    return best_s(lambda: [f.result() for f in [pool.submit(fn) for _ in range(threads)]])
 
 
 def scan_round(
@@ -121,7 +146,8 @@ def scan_round(
     out: dict = {"compute_floor_s": compute_floor_s(vectors, batch), "bf16": bf16_scan.batches_use_bf16()}
     if out["bf16"]:
         out["bf16_compute_floor_s"] = bf16_compute_floor_s(vectors, batch)
-    for key in ("floor_s", "single_s", "batch_s", "fp32_batch_s", "faiss_single_s", "faiss_batch_s"):
+    keys = ("floor_s", "single_s", "batch_s", "fp32_batch_s", "bf16_floor_s", "bf16_product_s")
+    for key in (*keys, "faiss_single_s", "faiss_batch_s"):
         out[key] = {}
     previous = search_threads()
     try:
@@ -130,6 +156,9 @@ def scan_round(
             set_search_threads(count)
             out["single_s"][count] = fastest_s(lambda q: index.search(q, K), alone)
             out["batch_s"][count] = best_s(lambda: index.search(batch, K))
+            if out["bf16"] and index._bf16 is not None:  # the batch made the copy
+                out["bf16_floor_s"][count] = bf16_compute_floor_s(vectors, batch, count)
+                out["bf16_product_s"][count] = bf16_product_s(index, batch, count)
             if out["bf16"]:
                 bf16_scan.set_batch_scan("fp32")
                 out["fp32_batch_s"][count] = best_s(lambda: index.search(batch, K), repeat=1)
@@ -170,6 +199,13 @@ def _print_round(n: int, r: dict) -> None:
         )
         if count in r["fp32_batch_s"]:
             cells[-1] += f", float32 batch {r['fp32_batch_s'][count] * 1e3:.1f} ms"
+        if count in r["bf16_product_s"]:
+            product, together = r["bf16_product_s"][count], r["bf16_floor_s"][count]
+            cells[-1] += (
+                f"; the bfloat16 product alone over the copy {product * 1e3:.1f} ms ({floor / product:.2f}x the "
+                f"bandwidth floor: no batch through the copy can do better), on cached rows {together * 1e3:.1f} ms"
+                f" ({count} core(s) at once: {flops / together:.2f}x one core's speed)"
+            )
         if count in r["faiss_single_s"]:
             cells.append(
                 f"FAISS {count} thr: {r['faiss_single_s'][count] * 1e3:.1f} / {r['faiss_batch_s'][count] * 1e3:.1f} ms"
